@@ -1,0 +1,103 @@
+/*
+ * ouro.h - batched token-tree verification on a llama.cpp context.
+ *
+ * The caller (ouroboros_lite/native.py) owns the llama context; this library never creates or
+ * frees one. It is plain C99 with no globals: every state lives in an ouro_tree the caller
+ * allocates with ouro_tree_init and releases with ouro_tree_free.
+ *
+ * Tree batch layout (one llama_decode for the whole tree). Nodes are given parent-before-child;
+ * node i has batch index i + 1, the root has batch index 0. One sequence id per root-to-leaf
+ * path; leaves get ids 0, 1, 2, ... in node order, so path 0 lives on the trunk sequence 0 and
+ * the others are fresh copies of it (llama_memory_seq_cp 0 -> s). Every node is in the batch
+ * once and carries the ids of all paths through it. Example, root r at position P:
+ *
+ *        r ─ a ─ b          index  token  pos   seq ids   logits
+ *          │   └ c            0     r     P     {0,1,2}   yes
+ *          └ d                1     a     P+1   {0,1}     yes
+ *                             2     b     P+2   {0}       yes
+ *                             3     c     P+2   {1}       yes
+ *                             4     d     P+1   {2}       yes
+ *
+ * llama.cpp masks attention by sequence membership of KV cells, so each node sees the prompt,
+ * its ancestors and itself, and nothing else. Coupled sequences need kv_unified = true.
+ */
+#ifndef OURO_H
+#define OURO_H
+
+#include "llama_abi.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define OURO_ABI_VERSION 1
+
+/* Return codes. Every error is reported before llama_decode runs, except OURO_ERR_DECODE, and
+ * leaves the context as it was (sequence 0 unchanged, branch sequences cleared). */
+#define OURO_OK                  0
+#define OURO_ERR_ARGUMENT       -1  /* NULL pointer or negative count                         */
+#define OURO_ERR_TOO_MANY_NODES -2  /* root + nodes > n_batch of the context or tree capacity */
+#define OURO_ERR_TOO_MANY_PATHS -3  /* leaves > n_seq_max of the context or tree capacity     */
+#define OURO_ERR_BAD_PARENT     -4  /* parent not in [-1, i): out of range, forward or cycle  */
+#define OURO_ERR_BAD_TOKEN      -5  /* token id not in [0, n_vocab)                           */
+#define OURO_ERR_BAD_POSITION   -6  /* root position is not the end of sequence 0 + 1         */
+#define OURO_ERR_CONTEXT_FULL   -7  /* the deepest node would not fit in n_ctx                */
+#define OURO_ERR_DECODE         -8  /* llama_decode failed; see ouro_tree_last_decode_rc      */
+#define OURO_ERR_NO_MEMORY      -9
+#define OURO_ERR_STATE         -10  /* accept/commit without a decoded tree, or bad node index */
+
+typedef struct ouro_tree ouro_tree;
+
+/* ABI self-description for tests: [sizeof(llama_batch), offsetof each of its 7 fields]. */
+void    ouro_abi_batch_layout(int64_t out[8]);
+int32_t ouro_abi_version(void);
+
+/* n_vocab of the context's model, read through llama.h. */
+int32_t ouro_n_vocab(const struct llama_context * ctx);
+
+/* Index of the largest value (the first one on ties), as llama.cpp's greedy sampler picks. */
+int32_t ouro_argmax(const float * values, int32_t n);
+
+/* Decode tokens[0..n) as a chain on sequence `seq` at positions pos0.., in chunks of n_batch.
+ * Only the last token gets logits; its argmax is written to *argmax_last (may be NULL).
+ * Returns OURO_OK or an error code; on OURO_ERR_DECODE *llama_rc (may be NULL) is set. */
+int32_t ouro_decode_chain(struct llama_context * ctx, const llama_token * tokens, int32_t n,
+                          llama_pos pos0, llama_seq_id seq, llama_token * argmax_last,
+                          int32_t * llama_rc);
+
+/* Remove positions >= pos from every sequence (roll back rejected tokens). */
+void    ouro_rollback(struct llama_context * ctx, llama_pos pos);
+
+/* A reusable tree verifier for one context; capacities bound every later call. */
+ouro_tree * ouro_tree_init(struct llama_context * ctx, int32_t max_nodes, int32_t max_paths);
+void        ouro_tree_free(ouro_tree * tree);
+
+/* Validate the tree, prepare branch sequences, decode it in one batch and compute every node's
+ * greedy argmax. root: the last accepted token, not yet in the KV cache, at position pos_root.
+ * tokens/parents: n_nodes nodes (n_nodes may be 0: a plain one-token step); parents[i] is -1
+ * for a child of the root, else an index < i. */
+int32_t ouro_tree_decode(ouro_tree * tree, llama_token root, llama_pos pos_root,
+                         const llama_token * tokens, const int32_t * parents, int32_t n_nodes);
+
+/* After a successful decode: per batch entry argmax (entry 0 = root, entry i+1 = node i), and
+ * the logits row of one entry (n_vocab floats, owned by llama.cpp, valid until the next decode). */
+const llama_token * ouro_tree_argmax(const ouro_tree * tree);
+float *             ouro_tree_logits(ouro_tree * tree, int32_t entry);
+int32_t             ouro_tree_n_paths(const ouro_tree * tree);
+int32_t             ouro_tree_last_decode_rc(const ouro_tree * tree);
+
+/* Greedy acceptance: from the root, repeatedly step to the child whose token equals the current
+ * node's argmax. Writes the accepted node indices to path (capacity n_nodes), their count to
+ * *n_path, and the target's token after the last accepted node to *next_token. */
+int32_t ouro_tree_accept_greedy(const ouro_tree * tree, int32_t * path, int32_t * n_path,
+                                llama_token * next_token);
+
+/* Keep the root and the path ending at `last_node` (-1: the root alone) in sequence 0, drop
+ * everything else the decode added, and clear every branch sequence. */
+int32_t ouro_tree_commit(ouro_tree * tree, int32_t last_node);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,296 @@
+"""Models and contexts on llama_cpp's low-level C API (the only module that calls llama_cpp).
+
+We do not use llama_cpp.Llama: it cannot set kv_unified / n_seq_max, which tree verification needs.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from .errors import ModelFileError, OuroborosError
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+_init_lock = threading.Lock()
+_initialized = False
+_log_lines: deque[str] = deque(maxlen=50)
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level, text, user_data):  # noqa: ARG001
+    message = text.decode("utf-8", errors="replace") if text else ""
+    _log_lines.append(message)
+    if os.environ.get("OUROBOROS_LITE_VERBOSE"):
+        os.write(2, message.encode("utf-8", errors="replace"))
+
+
+def _ensure_backend() -> None:
+    global _initialized
+    with _init_lock:
+        if not _initialized:
+            llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _initialized = True
+
+
+def _last_log_error() -> str:
+    """The first error llama.cpp logged since the log was cleared (the cause, not the echo)."""
+    for line in _log_lines:
+        line = line.strip()
+        if line and ("error" in line.lower() or "failed" in line.lower()):
+            return line.split(": ", 1)[-1] if line.startswith("llama_model_load:") else line
+    return ""
+
+
+def check_gguf_file(path: str | os.PathLike) -> Path:
+    """Fail with a clear message unless `path` is a readable file that starts like a GGUF file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelFileError(f"model file not found: {p}")
+    if not p.is_file():
+        raise ModelFileError(f"model path is not a file: {p}")
+    with p.open("rb") as f:
+        head = f.read(8)
+    if head[:4] != GGUF_MAGIC:
+        raise ModelFileError(f"not a GGUF file: {p}")
+    if len(head) < 8:
+        raise ModelFileError(f"truncated GGUF file: {p}")
+    return p
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+class Model:
+    """A GGUF model loaded by llama.cpp, with its tokenizer and chat template."""
+
+    def __init__(self, path: str | os.PathLike, *, gpu_layers: int = 0):
+        self.path = check_gguf_file(path)
+        _ensure_backend()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = gpu_layers
+        _log_lines.clear()
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._model:
+            reason = _last_log_error()
+            raise ModelFileError(
+                f"llama.cpp could not load {self.path} (truncated or unsupported GGUF)"
+                + (f": {reason}" if reason else "")
+            )
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.bos = llama_cpp.llama_vocab_bos(self._vocab)
+        self.eos = llama_cpp.llama_vocab_eos(self._vocab)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self.add_eos = bool(llama_cpp.llama_vocab_get_add_eos(self._vocab))
+        self.vocab_type = int(llama_cpp.llama_vocab_type(self._vocab))
+        self.is_recurrent = bool(llama_cpp.llama_model_is_recurrent(self._model)) or bool(
+            llama_cpp.llama_model_is_hybrid(self._model)
+        )
+        self._piece_cache: dict[int, bytes] = {}
+
+    @property
+    def handle(self):
+        return self._model
+
+    def close(self) -> None:
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # --- metadata -----------------------------------------------------------------------------
+    def metadata(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    @property
+    def description(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self._model, buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    # --- tokens ---------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        while True:
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
+            if n >= 0:
+                return list(buf[:n])
+            capacity = -n
+
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        """The raw bytes of one token (a piece may end inside a multibyte character)."""
+        key = token if not special else -1 - token
+        piece = self._piece_cache.get(key)
+        if piece is None:
+            buf = ctypes.create_string_buffer(256)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+            piece = buf.raw[: max(n, 0)]
+            self._piece_cache[key] = piece
+        return piece
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary entry of a token as stored in the GGUF (for vocabulary checks)."""
+        return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    # --- chat -------------------------------------------------------------------------------------
+    @property
+    def chat_template(self) -> str | None:
+        tmpl = llama_cpp.llama_model_chat_template(self._model, None)
+        return tmpl.decode("utf-8", errors="replace") if tmpl else None
+
+    def apply_chat_template(self, messages: list[ChatMessage], *, add_generation_prompt: bool = True) -> str:
+        template = llama_cpp.llama_model_chat_template(self._model, None)
+        if not template:
+            raise OuroborosError(f"{self.path.name} has no chat template in its GGUF metadata")
+        keep = [(m.role.encode(), m.content.encode()) for m in messages]
+        chat = (llama_cpp.llama_chat_message * len(keep))()
+        for i, (role, content) in enumerate(keep):
+            chat[i].role = role
+            chat[i].content = content
+        capacity = 2 * sum(len(r) + len(c) for r, c in keep) + 512
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(capacity)
+            n = llama_cpp.llama_chat_apply_template(
+                template, chat, len(keep), add_generation_prompt, buf, capacity
+            )
+            if n < 0:
+                return _jinja_chat(template.decode("utf-8"), messages, add_generation_prompt, self)
+            if n <= capacity:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            capacity = n
+        raise OuroborosError("chat template output did not fit")
+
+
+def _jinja_chat(template: str, messages: list[ChatMessage], add_generation_prompt: bool, model: Model) -> str:
+    """Templates llama.cpp's built-in matcher does not know are rendered with Jinja2."""
+    try:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as exc:  # pragma: no cover - jinja2 comes with llama-cpp-python
+        raise OuroborosError("this model's chat template needs jinja2") from exc
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.Undefined)
+
+    def raise_exception(message):
+        raise OuroborosError(f"chat template: {message}")
+
+    bos = model.token_bytes(model.bos, special=True).decode("utf-8", "replace") if model.bos >= 0 else ""
+    eos = model.token_bytes(model.eos, special=True).decode("utf-8", "replace") if model.eos >= 0 else ""
+    return env.from_string(template).render(
+        messages=[{"role": m.role, "content": m.content} for m in messages],
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos,
+        eos_token=eos,
+        raise_exception=raise_exception,
+    )
+
+
+class Context:
+    """A llama.cpp context set up for tree verification: one unified KV cache for all sequences."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        n_seq_max: int = 1,
+        threads: int = DEFAULT_THREADS,
+        flash_attn: bool | None = None,
+    ):
+        if n_ctx <= 0 or n_batch <= 0 or n_seq_max <= 0 or threads <= 0:
+            raise OuroborosError("n_ctx, n_batch, n_seq_max and threads must be positive")
+        self.model = model
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_batch, 512)
+        params.n_seq_max = n_seq_max
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.kv_unified = True  # coupled sequences (a token in several paths) need one stream
+        params.swa_full = True  # shared cells of SWA models must not be recycled (Gemma 3)
+        params.no_perf = True
+        if flash_attn is not None:
+            params.flash_attn_type = (
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+        _log_lines.clear()
+        self._ctx = llama_cpp.llama_init_from_model(model.handle, params)
+        if not self._ctx:
+            raise OuroborosError(f"llama.cpp could not create a context: {_last_log_error() or 'unknown error'}")
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_batch = llama_cpp.llama_n_batch(self._ctx)
+        self.n_seq_max = llama_cpp.llama_n_seq_max(self._ctx)
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+
+    @property
+    def handle(self):
+        return self._ctx
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self._memory, True)
+
+    def seq_pos_max(self, seq: int = 0) -> int:
+        return llama_cpp.llama_memory_seq_pos_max(self._memory, seq)
+
+    def seq_pos_min(self, seq: int = 0) -> int:
+        return llama_cpp.llama_memory_seq_pos_min(self._memory, seq)
+
+    def close(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class TextStream:
+    """Turns token bytes into text pieces; a character split over tokens is printed whole."""
+
+    def __init__(self, model: Model):
+        self._model = model
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self._decoder.decode(self._model.token_bytes(token))
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)

@@ -1,0 +1,44 @@
+"""The drafter interface: every method (ar, sd, ...) proposes a token tree and learns from the outcome.
+
+A drafter never touches the target context; one that runs a draft model owns that context and
+keeps it in step with the accepted tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..tree import TokenTree
+from ..verify import Outcome
+
+
+class Drafter(Protocol):
+    name: str
+    draft_forwards: int
+
+    def begin(self, prompt: list[int]) -> None:
+        """A new generation starts from `prompt` (all tokens, the last one is the first root)."""
+
+    def propose(self, history: list[int], budget: int) -> TokenTree:
+        """A tree of guesses for the tokens after history[-1], at most `budget` nodes.
+
+        An empty tree is a normal answer: the cycle is then a plain target step."""
+
+    def observe(self, outcome: Outcome) -> None:
+        """What the target accepted; used to roll back draft state and tune."""
+
+
+class NoDraft:
+    """Target-only decoding (`--method ar`): the baseline every speed-up is measured against."""
+
+    name = "ar"
+    draft_forwards = 0
+
+    def begin(self, prompt: list[int]) -> None:
+        pass
+
+    def propose(self, history: list[int], budget: int) -> TokenTree:
+        return TokenTree()
+
+    def observe(self, outcome: Outcome) -> None:
+        pass

@@ -1,0 +1,179 @@
+"""The decode loop: propose a tree, verify it on the target in one forward, emit what was accepted.
+
+Layers (after mlx-lm): `generate_tokens` yields raw (token, source) pairs; `stream_generate` adds
+text, timing and statistics as GenerationResponse values; the CLI and benchmarks print from those.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .backend import Model, TextStream
+from .drafters.base import Drafter
+from .errors import OuroborosError, PromptTooLongError
+from .verify import Outcome, TreeVerifier
+
+
+@dataclass(frozen=True)
+class SpecStats:
+    """Cumulative speculation counters of one generation."""
+
+    target_forwards: int = 0
+    draft_forwards: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    accepted_by_source: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted tree nodes (0 when nothing was drafted)."""
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Emitted tokens per target forward: what predicts the speed-up."""
+        emitted = self.accepted_tokens + self.target_forwards
+        return emitted / self.target_forwards if self.target_forwards else 0.0
+
+    def after(self, outcome: Outcome, draft_forwards: int) -> SpecStats:
+        by_source = dict(self.accepted_by_source)
+        for source in outcome.sources[:-1]:
+            by_source[source] = by_source.get(source, 0) + 1
+        return SpecStats(
+            target_forwards=self.target_forwards + 1,
+            draft_forwards=draft_forwards,
+            drafted_tokens=self.drafted_tokens + len(outcome.tree),
+            accepted_tokens=self.accepted_tokens + len(outcome.accepted),
+            accepted_by_source=by_source,
+        )
+
+
+@dataclass(frozen=True)
+class GenerationResponse:
+    """One emitted token. Counters are cumulative, so the last response is the summary.
+
+    text: the new text this token completes (may be "" inside a multibyte character).
+    source: "target", "draft" or "pool": who proposed the token (the target verified all of them).
+    finish_reason: None while generating, then "stop" (end-of-generation token) or "length".
+    """
+
+    text: str
+    token: int
+    source: str
+    prompt_tokens: int
+    generation_tokens: int
+    prompt_seconds: float
+    generation_seconds: float
+    spec: SpecStats
+    finish_reason: str | None = None
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        """Tokens after the first one (which comes with the prompt) per second."""
+        n = self.generation_tokens - 1
+        return n / self.generation_seconds if n > 0 and self.generation_seconds > 0 else 0.0
+
+
+def generate_tokens(
+    verifier: TreeVerifier, drafter: Drafter, prompt: list[int], *, max_tokens: int
+) -> Iterator[tuple[int, str, Outcome | None]]:
+    """Yield (token, source, outcome) until max_tokens or the context is full.
+
+    The caller stops at end-of-generation tokens. Invariant: every cycle emits at least one
+    token (the target's own next token), so the loop always advances.
+    """
+    n_ctx = verifier.context.n_ctx
+    # 0 prefill the whole prompt in one batch, as plain decoding does; it yields the first token
+    root = verifier.prefill(prompt)
+    drafter.begin(prompt)
+    history, pos = [*prompt, root], len(prompt)  # root: last accepted token, not yet in the KV cache
+    yield root, "target", None
+    emitted = 1
+    while emitted < max_tokens and pos < n_ctx:
+        # 1 propose a tree within the batch budget and the room left in the context
+        budget = min(verifier.max_nodes, n_ctx - pos - 1, max_tokens - emitted - 1)
+        tree = drafter.propose(history, max(0, budget))
+        # 2 one target forward over root + tree, greedy acceptance, KV commit (all in C)
+        outcome = verifier.verify_greedy(root, pos, tree)
+        # 3 let the drafter roll back and learn
+        drafter.observe(outcome)
+        # 4 emit the accepted tokens and the target's own next token
+        for token, source in zip(outcome.tokens, outcome.sources):
+            history.append(token)
+            emitted += 1
+            yield token, source, outcome
+            if emitted >= max_tokens:
+                return
+        root, pos = outcome.next_token, pos + len(outcome.tokens)
+
+
+def stream_generate(
+    model: Model,
+    verifier: TreeVerifier,
+    drafter: Drafter,
+    prompt: list[int],
+    *,
+    max_tokens: int,
+) -> Iterator[GenerationResponse]:
+    """Timing: prompt_seconds runs to the first token; generation_seconds from it to the last."""
+    if max_tokens <= 0:
+        raise OuroborosError(f"the number of tokens to generate must be positive (got {max_tokens})")
+    if not prompt:
+        raise OuroborosError("the prompt is empty")
+    n_ctx = verifier.context.n_ctx
+    if len(prompt) >= n_ctx:
+        raise PromptTooLongError(
+            f"the prompt is {len(prompt)} tokens but the context holds {n_ctx}; shorten it or raise --ctx-size"
+        )
+    verifier.context.clear()
+    stream = TextStream(model)
+    stats = SpecStats()
+    t_start = time.perf_counter()
+    t_first = None
+    generated = 0
+    last_outcome = None
+    tokens = generate_tokens(verifier, drafter, prompt, max_tokens=max_tokens)
+    for token, source, outcome in tokens:
+        now = time.perf_counter()
+        t_first = t_first or now
+        if outcome is not None and outcome is not last_outcome:  # once per verification cycle
+            stats, last_outcome = stats.after(outcome, drafter.draft_forwards), outcome
+        generated += 1
+        is_end = model.is_end_of_generation(token)
+        finish = "stop" if is_end else ("length" if generated >= max_tokens else None)
+        text = "" if is_end else stream.push(token)
+        if finish is not None:
+            text += stream.flush()
+        yield GenerationResponse(
+            text=text,
+            token=token,
+            source=source,
+            prompt_tokens=len(prompt),
+            generation_tokens=generated,
+            prompt_seconds=t_first - t_start,
+            generation_seconds=now - t_first,
+            spec=stats,
+            finish_reason=finish,
+        )
+        if finish is not None:
+            tokens.close()
+            return
+    # the context filled up before max_tokens
+    now = time.perf_counter()
+    yield GenerationResponse(
+        text=stream.flush(),
+        token=-1,
+        source="target",
+        prompt_tokens=len(prompt),
+        generation_tokens=generated,
+        prompt_seconds=(t_first or now) - t_start,
+        generation_seconds=now - (t_first or now),
+        spec=stats,
+        finish_reason="length",
+    )

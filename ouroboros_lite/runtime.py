@@ -1,0 +1,107 @@
+"""Wires a target (and optionally a draft) model, their contexts, the verifier and a drafter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backend import DEFAULT_THREADS, ChatMessage, Context, Model
+from .catalog import resolve_model
+from .drafters import NoDraft
+from .errors import OuroborosError
+from .generate import GenerationResponse, stream_generate
+from .verify import TreeVerifier
+
+METHODS = ("ar", "sd")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    n_ctx: int = 4096
+    n_batch: int = 512
+    threads: int = DEFAULT_THREADS
+    gpu_layers: int = 0
+    draft_gpu_layers: int = 0
+    max_tree_nodes: int = 64  # nodes verified in one target forward
+    max_tree_paths: int = 16  # root-to-leaf paths (sequence ids) per tree
+    flash_attn: bool | None = None
+    max_draft: int = 8  # longest draft-model chain (sd)
+
+
+class Runtime:
+    """A loaded model pair ready to generate. Use as a context manager to free the models."""
+
+    def __init__(
+        self,
+        target: str | Path | None = None,
+        draft: str | Path | None = None,
+        *,
+        method: str = "ar",
+        options: RuntimeOptions = RuntimeOptions(),
+    ):
+        self.options = options
+        self.method = method
+        self.target = Model(resolve_model(target), gpu_layers=options.gpu_layers)
+        n_ctx = min(options.n_ctx, self.target.n_ctx_train) if self.target.n_ctx_train > 0 else options.n_ctx
+        self.context = Context(
+            self.target,
+            n_ctx=n_ctx,
+            n_batch=options.n_batch,
+            n_seq_max=options.max_tree_paths,
+            threads=options.threads,
+            flash_attn=options.flash_attn,
+        )
+        self.verifier = TreeVerifier(
+            self.context, max_nodes=options.max_tree_nodes, max_paths=options.max_tree_paths
+        )
+        self.draft = None
+        if draft is not None:
+            from .vocab import check_compatible
+
+            self.draft = Model(resolve_model(draft), gpu_layers=options.draft_gpu_layers)
+            check_compatible(self.target, self.draft)
+        self._drafters: dict = {}
+        self.drafter = self.drafter_for(method)
+
+    def drafter_for(self, method: str):
+        """The drafter of a method, created once and reused (bench runs several side by side)."""
+        if method not in METHODS:
+            raise OuroborosError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method not in self._drafters:
+            if method == "ar":
+                self._drafters[method] = NoDraft()
+            elif method == "sd":
+                if self.draft is None:
+                    raise OuroborosError("--method sd needs a draft model (--draft NAME|PATH)")
+                from .drafters.draft_model import DraftModelDrafter
+
+                self._drafters[method] = DraftModelDrafter(self.draft, n_ctx=self.context.n_ctx, options=self.options)
+        return self._drafters[method]
+
+    def tokenize_prompt(self, prompt: str, *, chat: bool = False, system: str | None = None) -> list[int]:
+        if chat:
+            messages = ([ChatMessage("system", system)] if system else []) + [ChatMessage("user", prompt)]
+            text = self.target.apply_chat_template(messages)
+            return self.target.tokenize(text, add_special=True, parse_special=True)
+        return self.target.tokenize(prompt, add_special=True, parse_special=True)
+
+    def generate(
+        self, prompt_tokens: list[int], *, max_tokens: int, method: str | None = None
+    ) -> Iterator[GenerationResponse]:
+        drafter = self.drafter_for(method) if method else self.drafter
+        return stream_generate(self.target, self.verifier, drafter, prompt_tokens, max_tokens=max_tokens)
+
+    def close(self) -> None:
+        for thing in [*getattr(self, "_drafters", {}).values(), getattr(self, "verifier", None)]:
+            if hasattr(thing, "close"):
+                thing.close()
+        for thing in (getattr(self, "context", None), getattr(self, "draft", None), getattr(self, "target", None)):
+            if thing is not None:
+                thing.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

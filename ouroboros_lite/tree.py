@@ -1,0 +1,74 @@
+"""Token trees: drafts merged into a trie whose nodes go to the target in one batch.
+
+A tree hangs below the root (the last accepted token, not yet decoded). Nodes are stored
+parent-before-child; parent -1 means the root. Each node remembers where its token came from
+("draft" or "pool") so the output can say which tokens the target merely confirmed.
+See native/ouro.h for how the tree becomes one llama_batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TokenTree:
+    tokens: tuple[int, ...] = ()
+    parents: tuple[int, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_paths(self) -> int:
+        """Number of root-to-leaf paths (the sequence ids the batch needs)."""
+        has_child = set(self.parents)
+        return max(1, sum(1 for i in range(len(self.tokens)) if i not in has_child))
+
+    @property
+    def depth(self) -> int:
+        depths: list[int] = []
+        for p in self.parents:
+            depths.append(1 if p < 0 else depths[p] + 1)
+        return max(depths, default=0)
+
+    def path_to(self, node: int) -> list[int]:
+        """Node indices from the root's child down to `node`."""
+        path = []
+        while node >= 0:
+            path.append(node)
+            node = self.parents[node]
+        return path[::-1]
+
+
+@dataclass
+class TreeBuilder:
+    """Merges token sequences into a trie; shared prefixes become one node."""
+
+    max_nodes: int
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    _children: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def add(self, sequence, source: str, parent: int = -1) -> list[int]:
+        """Add `sequence` below node `parent`; returns the node index of each token kept."""
+        nodes = []
+        for token in sequence:
+            key = (parent, int(token))
+            node = self._children.get(key)
+            if node is None:
+                if len(self.tokens) >= self.max_nodes:
+                    break
+                node = len(self.tokens)
+                self.tokens.append(int(token))
+                self.parents.append(parent)
+                self.sources.append(source)
+                self._children[key] = node
+            nodes.append(node)
+            parent = node
+        return nodes
+
+    def build(self) -> TokenTree:
+        return TokenTree(tuple(self.tokens), tuple(self.parents), tuple(self.sources))

@@ -1,0 +1,102 @@
+"""One target forward per cycle: decode a token tree in the C module, accept greedily, commit the KV."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import native
+from .backend import Context
+from .tree import TokenTree
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one verification decided.
+
+    accepted: node indices of the accepted path (root's child first).
+    tokens / sources: every token this cycle emits: the accepted nodes, then the target's token.
+    argmax: the target's greedy token after the root (index 0) and after each node (index i + 1).
+    """
+
+    tree: TokenTree
+    accepted: tuple[int, ...]
+    tokens: tuple[int, ...]
+    sources: tuple[str, ...]
+    argmax: np.ndarray
+
+    @property
+    def next_token(self) -> int:
+        return self.tokens[-1]
+
+
+class TreeVerifier:
+    """Owns the native verifier of one target context and the position of its next root."""
+
+    def __init__(self, context: Context, *, max_nodes: int, max_paths: int):
+        self.context = context
+        self.max_nodes = min(max_nodes, context.n_batch - 1)
+        self.max_paths = min(max_paths, context.n_seq_max)
+        self._ctx = native.context_pointer(context.handle)
+        self._tree = native.lib.ouro_tree_init(self._ctx, self.max_nodes, self.max_paths)
+        if self._tree == native.ffi.NULL:
+            raise native.NativeError(-9, "could not create the tree verifier")
+        self._path = native.ffi.new("int32_t[]", max(1, self.max_nodes))
+        self._n_path = native.ffi.new("int32_t *")
+        self._next = native.ffi.new("int32_t *")
+
+    def close(self) -> None:
+        if self._tree is not None and self._tree != native.ffi.NULL:
+            native.lib.ouro_tree_free(self._tree)
+        self._tree = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def prefill(self, tokens: list[int], pos0: int = 0) -> int:
+        """Decode tokens into sequence 0 at positions pos0..; returns the target's next token."""
+        rc_out = native.ffi.new("int32_t *")
+        code = native.lib.ouro_decode_chain(self._ctx, tokens, len(tokens), pos0, 0, self._next, rc_out)
+        native.check(code, f"llama_decode returned {rc_out[0]}" if code == -8 else "")
+        return int(self._next[0])
+
+    def decode(self, root: int, pos: int, tree: TokenTree) -> np.ndarray:
+        """Run the tree through the target; returns the argmax after the root and every node."""
+        n = len(tree)
+        code = native.lib.ouro_tree_decode(self._tree, root, pos, list(tree.tokens), list(tree.parents), n)
+        if code == -8:
+            native.check(code, f"llama_decode returned {native.lib.ouro_tree_last_decode_rc(self._tree)}")
+        native.check(code)
+        buf = native.ffi.buffer(native.lib.ouro_tree_argmax(self._tree), 4 * (n + 1))
+        return np.frombuffer(buf, dtype=np.int32).copy()
+
+    def logits(self, entry: int) -> np.ndarray:
+        """Logits of one batch entry (0 = root) as a view into llama.cpp's buffer (no copy)."""
+        ptr = native.lib.ouro_tree_logits(self._tree, entry)
+        if ptr == native.ffi.NULL:
+            raise native.NativeError(-10, f"no logits for entry {entry}")
+        return np.frombuffer(native.ffi.buffer(ptr, 4 * self.context.model.n_vocab), dtype=np.float32)
+
+    def accept_greedy(self) -> tuple[list[int], int]:
+        native.check(native.lib.ouro_tree_accept_greedy(self._tree, self._path, self._n_path, self._next))
+        return [self._path[i] for i in range(self._n_path[0])], int(self._next[0])
+
+    def commit(self, last_node: int) -> None:
+        native.check(native.lib.ouro_tree_commit(self._tree, last_node))
+
+    def verify_greedy(self, root: int, pos: int, tree: TokenTree) -> Outcome:
+        """Decode, accept the longest path that matches the target's argmaxes, commit it."""
+        argmax = self.decode(root, pos, tree)
+        path, next_token = self.accept_greedy()
+        self.commit(path[-1] if path else -1)
+        return Outcome(
+            tree=tree,
+            accepted=tuple(path),
+            tokens=tuple(tree.tokens[i] for i in path) + (next_token,),
+            sources=tuple(tree.sources[i] for i in path) + ("target",),
+            argmax=argmax,
+        )

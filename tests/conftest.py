@@ -1,0 +1,69 @@
+"""Shared fixtures: the real test models from the catalog (fetched by .ci/run, cached after)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ouroboros_lite.catalog import pull
+from ouroboros_lite.runtime import Runtime, RuntimeOptions
+
+TARGET = "smollm2-135m-instruct-f32"
+DRAFT = "smollm2-135m-instruct-q4_1"
+GEMMA = "gemma-3-270m-q4_k_m"
+THREADS = 2
+
+PROMPTS = [
+    "The history of the Roman Empire begins",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Here is a recipe for pancakes. Ingredients:",
+    "Question: Why is the sky blue?\nAnswer:",
+    "Once upon a time, in a small village by the sea,",
+]
+
+
+def options(**kwargs) -> RuntimeOptions:
+    # flash attention off, as llama_cpp.Llama's default: the greedy reference runs the same kernels
+    kwargs.setdefault("flash_attn", False)
+    return RuntimeOptions(threads=THREADS, n_ctx=2048, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def target_path():
+    return pull(TARGET)
+
+
+@pytest.fixture(scope="session")
+def draft_path():
+    return pull(DRAFT)
+
+
+@pytest.fixture(scope="session")
+def gemma_path():
+    return pull(GEMMA)
+
+
+@pytest.fixture(scope="session")
+def pair(target_path, draft_path):
+    """The test pair: F32 target, Q4_1 draft, both methods available."""
+    with Runtime(target_path, draft_path, method="ar", options=options()) as runtime:
+        yield runtime
+
+
+@pytest.fixture(scope="session")
+def q4(draft_path):
+    with Runtime(draft_path, options=options()) as runtime:
+        yield runtime
+
+
+@pytest.fixture(scope="session")
+def gemma(gemma_path):
+    with Runtime(gemma_path, options=options()) as runtime:
+        yield runtime
+
+
+def generate_ids(runtime: Runtime, prompt_tokens: list[int], max_tokens: int, method: str = "ar") -> list[int]:
+    out = []
+    for response in runtime.generate(prompt_tokens, max_tokens=max_tokens, method=method):
+        if response.token >= 0:
+            out.append(response.token)
+    return out
