@@ -13,7 +13,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "spec_bench_even.jsonl"
+def default_prompts() -> Path:
+    """Spec-Bench prompts shipped with the package (data/ in a source checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "data", here.parent / "data"):
+        if (candidate / "spec_bench_even.jsonl").is_file():
+            return candidate / "spec_bench_even.jsonl"
+    return here / "data" / "spec_bench_even.jsonl"
 
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +87,7 @@ def cmd_bench(args) -> int:
     from .runtime import Runtime
 
     methods = ["ar"] + [m for m in args.methods.split(",") if m and m != "ar"]
-    prompts_path = Path(args.prompts) if args.prompts else DEFAULT_PROMPTS
+    prompts_path = Path(args.prompts) if args.prompts else default_prompts()
     if not prompts_path.is_file():
         raise OuroborosError(f"prompt file not found: {prompts_path}")
     prompts = load_prompts(prompts_path, args.limit)

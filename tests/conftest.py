@@ -22,8 +22,8 @@ PROMPTS = [
 
 
 def options(**kwargs) -> RuntimeOptions:
-    # flash attention off, as llama_cpp.Llama's default: the greedy reference runs the same kernels
-    kwargs.setdefault("flash_attn", False)
+    # flash attention on (the CPU default of llama.cpp's "auto"); the Llama reference uses it too
+    kwargs.setdefault("flash_attn", True)
     return RuntimeOptions(threads=THREADS, n_ctx=2048, **kwargs)
 
 

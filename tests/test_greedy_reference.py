@@ -11,7 +11,8 @@ N_TOKENS = 64
 
 
 def reference_greedy(path, prompt_tokens: list[int], n: int) -> list[int]:
-    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS, flash_attn=True,
+                verbose=False)
     try:
         out = []
         for token in llm.generate(prompt_tokens, temp=0.0, top_k=1, repeat_penalty=1.0):
