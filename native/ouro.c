@@ -112,6 +112,10 @@ done:
     return status;
 }
 
+float * ouro_logits_last(struct llama_context * ctx) {
+    return llama_get_logits_ith(ctx, -1);
+}
+
 void ouro_rollback(struct llama_context * ctx, llama_pos pos) {
     llama_memory_seq_rm(llama_get_memory(ctx), -1, pos, -1);
 }

@@ -65,6 +65,9 @@ int32_t ouro_decode_chain(struct llama_context * ctx, const llama_token * tokens
                           llama_pos pos0, llama_seq_id seq, llama_token * argmax_last,
                           int32_t * llama_rc);
 
+/* Logits of the last entry of the last decode (n_vocab floats owned by llama.cpp). */
+float * ouro_logits_last(struct llama_context * ctx);
+
 /* Remove positions >= pos from every sequence (roll back rejected tokens). */
 void    ouro_rollback(struct llama_context * ctx, llama_pos pos);
 

@@ -18,6 +18,7 @@ import llama_cpp
 from .errors import ModelFileError, OuroborosError
 
 GGUF_MAGIC = b"GGUF"
+KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}
 DEFAULT_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 _init_lock = threading.Lock()
@@ -230,7 +231,10 @@ class Context:
         n_seq_max: int = 1,
         threads: int = DEFAULT_THREADS,
         flash_attn: bool | None = None,
+        kv_type: str = "f16",
     ):
+        if kv_type not in KV_TYPES:
+            raise OuroborosError(f"unknown KV cache type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
         if n_ctx <= 0 or n_batch <= 0 or n_seq_max <= 0 or threads <= 0:
             raise OuroborosError("n_ctx, n_batch, n_seq_max and threads must be positive")
         self.model = model
@@ -244,6 +248,7 @@ class Context:
         params.kv_unified = True  # coupled sequences (a token in several paths) need one stream
         params.swa_full = True  # shared cells of SWA models must not be recycled (Gemma 3)
         params.no_perf = True
+        params.type_k = params.type_v = KV_TYPES[kv_type]
         if flash_attn is not None:
             params.flash_attn_type = (
                 llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED

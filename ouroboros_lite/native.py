@@ -34,6 +34,7 @@ int32_t ouro_argmax(const float * values, int32_t n);
 int32_t ouro_decode_chain(struct llama_context * ctx, const llama_token * tokens, int32_t n,
                           llama_pos pos0, llama_seq_id seq, llama_token * argmax_last,
                           int32_t * llama_rc);
+float * ouro_logits_last(struct llama_context * ctx);
 void    ouro_rollback(struct llama_context * ctx, llama_pos pos);
 ouro_tree * ouro_tree_init(struct llama_context * ctx, int32_t max_nodes, int32_t max_paths);
 void        ouro_tree_free(ouro_tree * tree);

@@ -28,7 +28,8 @@ class RuntimeOptions:
     # to their chains (measured; see tests/test_tree_verifier.py).
     max_tree_nodes: int = 48
     max_tree_paths: int = 16  # root-to-leaf paths (sequence ids) per tree
-    flash_attn: bool | None = None
+    flash_attn: bool | None = None  # None: llama.cpp decides (on for CPU)
+    kv_type: str = "f16"  # "f32" halves KV rounding noise for exactness checks, doubles its memory
     max_draft: int = 8  # longest draft-model chain (sd)
 
 
@@ -54,6 +55,7 @@ class Runtime:
             n_seq_max=options.max_tree_paths,
             threads=options.threads,
             flash_attn=options.flash_attn,
+            kv_type=options.kv_type,
         )
         self.verifier = TreeVerifier(
             self.context, max_nodes=options.max_tree_nodes, max_paths=options.max_tree_paths

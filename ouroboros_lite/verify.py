@@ -81,6 +81,11 @@ class TreeVerifier:
             raise native.NativeError(-10, f"no logits for entry {entry}")
         return np.frombuffer(native.ffi.buffer(ptr, 4 * self.context.model.n_vocab), dtype=np.float32)
 
+    def logits_last(self) -> np.ndarray:
+        """Logits after the last prefill (a view into llama.cpp's buffer)."""
+        ptr = native.lib.ouro_logits_last(self._ctx)
+        return np.frombuffer(native.ffi.buffer(ptr, 4 * self.context.model.n_vocab), dtype=np.float32)
+
     def accept_greedy(self) -> tuple[list[int], int]:
         native.check(native.lib.ouro_tree_accept_greedy(self._tree, self._path, self._n_path, self._next))
         return [self._path[i] for i in range(self._n_path[0])], int(self._next[0])

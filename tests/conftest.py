@@ -24,6 +24,8 @@ PROMPTS = [
 def options(**kwargs) -> RuntimeOptions:
     # flash attention on (the CPU default of llama.cpp's "auto"); the Llama reference uses it too
     kwargs.setdefault("flash_attn", True)
+    # F32 KV cells: batched and one-token decoding then differ only by float32 summation order
+    kwargs.setdefault("kv_type", "f32")
     return RuntimeOptions(threads=THREADS, n_ctx=2048, **kwargs)
 
 
