@@ -57,8 +57,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", "--max-tokens", type=positive_int, default=DEFAULT_MAX_TOKENS, help="tokens to generate")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--system", default=None, help="system prompt (with --chat)")
-    gen.add_argument("--method", default=None, choices=["ar", "sd"],
-                     help="decoding method (default: sd with --draft, else ar)")
+    gen.add_argument("--method", default=None, choices=["ar", "sd", "pld", "lookahead", "ouroboros"],
+                     help="decoding method (default: ouroboros with --draft, else ar)")
 
     bench = sub.add_parser("bench", help="run methods side by side on the same prompts")
     from .bench import add_bench_args
@@ -76,7 +76,7 @@ def cmd_generate(args) -> int:
     from .runtime import Runtime
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    method = args.method or ("sd" if args.draft else "ar")
+    method = args.method or ("ouroboros" if args.draft else "ar")
     with Runtime(args.model, args.draft, method=method, options=runtime_options(args)) as runtime:
         tokens = runtime.tokenize_prompt(prompt, chat=args.chat, system=args.system)
         last = None

@@ -9,11 +9,13 @@ from pathlib import Path
 from .backend import DEFAULT_THREADS, ChatMessage, Context, Model
 from .catalog import resolve_model
 from .drafters import NoDraft
+from .drafters.ouroboros import OuroborosParams
+from .pool import PhrasePool
 from .errors import OuroborosError
 from .generate import GenerationResponse, stream_generate
 from .verify import TreeVerifier
 
-METHODS = ("ar", "sd")
+METHODS = ("ar", "sd", "pld", "lookahead", "ouroboros")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,11 @@ class RuntimeOptions:
     max_tree_paths: int = 16  # root-to-leaf paths (sequence ids) per tree
     flash_attn: bool | None = None  # None: llama.cpp decides (on for CPU)
     kv_type: str = "f16"  # "f32" halves KV rounding noise for exactness checks, doubles its memory
-    max_draft: int = 8  # longest draft-model chain (sd)
+    max_draft: int = 8  # longest draft-model chain (sd, pld)
+    ngram: int = 5  # N: pool phrases hold N-1 tokens
+    pool_capacity: int = 8  # phrases kept per key token (LRU)
+    ouroboros: OuroborosParams = OuroborosParams()
+    target_window: int = 0  # W of draft-free lookahead on the target
 
 
 class Runtime:
@@ -66,6 +72,7 @@ class Runtime:
 
             self.draft = Model(resolve_model(draft), gpu_layers=options.draft_gpu_layers)
             check_compatible(self.target, self.draft)
+        self.pool = PhrasePool(phrase_length=options.ngram - 1, capacity=options.pool_capacity)
         self._drafters: dict = {}
         self.drafter = self.drafter_for(method)
 
@@ -74,15 +81,32 @@ class Runtime:
         if method not in METHODS:
             raise OuroborosError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if method not in self._drafters:
-            if method == "ar":
-                self._drafters[method] = NoDraft()
-            elif method == "sd":
-                if self.draft is None:
-                    raise OuroborosError("--method sd needs a draft model (--draft NAME|PATH)")
-                from .drafters.draft_model import DraftModelDrafter
-
-                self._drafters[method] = DraftModelDrafter(self.draft, n_ctx=self.context.n_ctx, options=self.options)
+            self._drafters[method] = self._make_drafter(method)
         return self._drafters[method]
+
+    def _make_drafter(self, method: str):
+        options, n_ctx = self.options, self.context.n_ctx
+        if method == "ar":
+            return NoDraft()
+        if method == "pld":
+            from .drafters.pld import PromptLookupDrafter
+
+            return PromptLookupDrafter(draft_length=options.max_draft)
+        if method == "lookahead" or (method == "ouroboros" and self.draft is None):
+            from .drafters.lookahead import LookaheadDrafter
+
+            return LookaheadDrafter(self.pool, window=options.target_window,
+                                    guesses=options.ouroboros.candidates,
+                                    max_nodes=options.ouroboros.max_target_nodes)
+        if self.draft is None:
+            raise OuroborosError(f"--method {method} needs a draft model (--draft NAME|PATH)")
+        if method == "sd":
+            from .drafters.draft_model import DraftModelDrafter
+
+            return DraftModelDrafter(self.draft, n_ctx=n_ctx, options=options)
+        from .drafters.ouroboros import OuroborosDrafter
+
+        return OuroborosDrafter(self.draft, self.pool, n_ctx=n_ctx, threads=options.threads, params=options.ouroboros)
 
     def tokenize_prompt(self, prompt: str, *, chat: bool = False, system: str | None = None) -> list[int]:
         if chat:

@@ -1,0 +1,164 @@
+"""Ouroboros (`--method ouroboros`): phrase-level drafting, draft lengthening, phrases from verification.
+
+One cycle (Zhao et al. 2024, built as ../shared/docs/ouroboros-algorithm.md describes, without the
+reference code's bugs):
+
+1. Draft: the draft model continues greedily, but each draft forward also verifies up to G pool
+   phrases keyed by its current token and, with W > 0, a Jacobi window (lookahead decoding). It
+   yields exactly the draft's greedy tokens, often several per forward.
+2. Tree: the draft chain; the K most recent phrases keyed by the last draft token hang after it
+   (lengthening); the K most recent phrases keyed by the root hang beside it (they can replace
+   a wrong draft). Shared prefixes merge into one trie; the target verifies it in one forward.
+3. Learn: rule A (the rejected draft tail with the target's argmaxes there), rule B (the target's
+   corrections of the lengthening candidates, inserted with LRU/dedup instead of overwriting slots,
+   and only when their context was right), the window's phrases (rule C), and the accepted output.
+
+The pool outlives a generation (warm start); the caller may save it between runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import native
+from ..backend import Context, Model
+from ..pool import PhrasePool
+from ..tree import TokenTree, TreeBuilder
+from ..verify import Outcome, TreeVerifier
+from .lookahead import JacobiWindow, PhraseHarvester, WindowPlacement
+
+
+@dataclass(frozen=True)
+class OuroborosParams:
+    """Hyper-parameters, with the paper's letters."""
+
+    draft_length: int = 4  # gamma: first draft length; adapts within [1, max_draft_length]
+    max_draft_length: int = 8
+    window: int = 0  # W: Jacobi columns on the draft (nearly free on a GPU, costly on 2 CPU cores)
+    draft_guesses: int = 2  # G: pool phrases the draft verifies per forward
+    candidates: int = 2  # K: pool phrases that lengthen (and may replace) the draft
+    max_target_nodes: int = 12  # tree size sent to the target per cycle
+
+
+class OuroborosDrafter:
+    name = "ouroboros"
+
+    def __init__(self, model: Model, pool: PhrasePool, *, n_ctx: int, threads: int, params: OuroborosParams):
+        self.model = model
+        self.pool = pool
+        self.params = params
+        self.gamma = params.draft_length
+        self.window = JacobiWindow(params.window, pool.phrase_length + 1)
+        paths = params.window + params.draft_guesses + 1
+        self.context = Context(model, n_ctx=n_ctx, n_batch=512, n_seq_max=paths, threads=threads)
+        draft_nodes = max(1, params.window * pool.phrase_length + params.draft_guesses * pool.phrase_length)
+        self.verifier = TreeVerifier(self.context, max_nodes=draft_nodes, max_paths=paths)
+        self.harvester = PhraseHarvester(pool)
+        self.draft_forwards = 0
+        self._n_cached = 0
+        self._history_length = 0
+        self._drafted: list[int] = []
+        self._lengthening: list[list[int]] = []
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def begin(self, prompt: list[int]) -> None:
+        self.context.clear()
+        self.verifier.prefill(prompt[:-1]) if len(prompt) > 1 else None
+        self._n_cached = max(0, len(prompt) - 1)
+        self.draft_forwards = 0
+        self.window.reset(prompt)
+        self.harvester.restart()
+
+    def close(self) -> None:
+        self.verifier.close()
+        self.context.close()
+
+    # --- 1 draft ------------------------------------------------------------------------------------
+    def _draft(self, history: list[int], length: int) -> list[int]:
+        """The draft's greedy continuation of history, >= length tokens, in as few forwards as it can."""
+        if self._n_cached < len(history) - 1:
+            self.verifier.prefill(history[self._n_cached:-1], self._n_cached)
+            self.draft_forwards += 1
+        root, pos = history[-1], len(history) - 1
+        drafted: list[int] = []
+        while len(drafted) < length:
+            builder = TreeBuilder(self.verifier.max_nodes)
+            for phrase in self.pool.recent(root, self.params.draft_guesses):
+                builder.add(phrase, "pool")
+            placement = self.window.place(builder, root) if self.params.window else WindowPlacement()
+            outcome = self.verifier.verify_greedy(root, pos, builder.build())
+            self.draft_forwards += 1
+            if placement.tops:
+                self.window.learn(placement, outcome.argmax, self.pool)
+            drafted.extend(outcome.tokens)
+            root, pos = outcome.next_token, pos + len(outcome.tokens)
+            if any(self.model.is_end_of_generation(t) for t in outcome.tokens):
+                break
+        self._n_cached = pos  # the KV now holds history + drafted[:-1]
+        return drafted
+
+    # --- 2 tree -------------------------------------------------------------------------------------
+    def propose(self, history: list[int], budget: int) -> TokenTree:
+        self.harvester.feed(history)
+        self._history_length = len(history)
+        self._drafted, self._lengthening = [], []
+        budget = min(budget, self.params.max_target_nodes)
+        if budget <= 0:
+            return TokenTree()
+        drafted = self._draft(history, min(self.gamma, budget))[:budget]
+        builder = TreeBuilder(budget)
+        chain = builder.add(drafted, "draft")
+        self._drafted = drafted
+        for phrase in self.pool.recent(drafted[-1], self.params.candidates):
+            self._lengthening.append(builder.add(phrase, "pool", parent=chain[-1]))
+        for phrase in self.pool.recent(history[-1], self.params.candidates):
+            builder.add(phrase, "pool")
+        return builder.build()
+
+    # --- 3 learn ------------------------------------------------------------------------------------
+    def observe(self, outcome: Outcome) -> None:
+        drafted = self._drafted
+        if not drafted:
+            return
+        n_chain = len(drafted)
+        accepted = 0  # chain nodes are 0..n_chain-1, added first, so the accepted path starts there
+        while accepted < len(outcome.accepted) and outcome.accepted[accepted] == accepted:
+            accepted += 1
+        self._roll_back_draft(accepted)
+        argmax = outcome.argmax
+        if accepted < n_chain:
+            self._rule_a(drafted, accepted, argmax)
+            self.gamma = max(1, self.gamma - 1)
+        else:
+            self._rule_b(drafted, argmax)
+            self.gamma = min(self.params.max_draft_length, self.gamma + 2)
+
+    def _roll_back_draft(self, accepted: int) -> None:
+        keep = self._history_length + min(accepted, len(self._drafted) - 1)
+        if keep < self._n_cached:
+            native.lib.ouro_rollback(native.context_pointer(self.context.handle), keep)
+            self._n_cached = keep
+
+    def _rule_a(self, drafted: list[int], first_rejected: int, argmax) -> None:
+        """Rejected tail r_j with the target's argmax y_j after it: a phrase keyed by r_j that
+        follows y while the draft agreed with y (so each y was predicted on a context T agrees with)."""
+        n = self.pool.phrase_length
+        for j in range(first_rejected, len(drafted)):
+            phrase, k = [], j
+            while len(phrase) < n:
+                phrase.append(int(argmax[k + 1]))
+                if k + 1 < len(drafted) and drafted[k + 1] == phrase[-1]:
+                    k += 1
+                else:
+                    break
+            if len(phrase) == n:
+                self.pool.insert(drafted[j], tuple(phrase))
+
+    def _rule_b(self, drafted: list[int], argmax) -> None:
+        """Each lengthening candidate as the target would have written it after the full draft."""
+        n = self.pool.phrase_length
+        after_draft = int(argmax[len(drafted)])  # entry of the last chain node = its index + 1
+        for nodes in self._lengthening:
+            real = (after_draft,) + tuple(int(argmax[node + 1]) for node in nodes[: n - 1])
+            if len(real) == n:
+                self.pool.insert(drafted[-1], real)

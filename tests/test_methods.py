@@ -1,0 +1,68 @@
+"""Every method is token-identical to target-only greedy decoding (40 Spec-Bench prompts x 128)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ouroboros_lite.bench import default_prompts, load_prompts
+from ouroboros_lite.catalog import pull
+from ouroboros_lite.drafters.lookahead import PhraseHarvester
+from ouroboros_lite.drafters.ouroboros import OuroborosDrafter, OuroborosParams
+from ouroboros_lite.pool import PhrasePool
+
+from conftest import DRAFT, THREADS, assert_equal_or_tie, generate_ids
+
+N_PROMPTS, N_TOKENS = 40, 128
+
+
+def check_methods(runtime, methods, *, chat: bool) -> dict[str, int]:
+    """Run ar and each method on the same prompts; every difference must be a measured tie."""
+    ties = {m: 0 for m in methods}
+    accepted = {m: 0 for m in methods}
+    for index, (category, text) in enumerate(load_prompts(default_prompts(), N_PROMPTS)):
+        tokens = runtime.tokenize_prompt(text, chat=chat)
+        reference = generate_ids(runtime, tokens, N_TOKENS, "ar")
+        for method in methods:
+            responses = list(runtime.generate(tokens, max_tokens=N_TOKENS, method=method))
+            candidate = [r.token for r in responses if r.token >= 0]
+            accepted[method] += responses[-1].spec.accepted_tokens
+            ties[method] += assert_equal_or_tie(runtime, tokens, reference, candidate,
+                                                f"{method}, prompt {index} ({category})")
+    for method in methods:
+        assert accepted[method] > 0, f"{method} never had a drafted token accepted"
+        assert ties[method] <= N_PROMPTS // 4, f"{method}: {ties[method]} near-tie divergences"
+    return ties
+
+
+def test_methods_match_greedy_on_test_pair(pair):
+    pair.pool.clear()  # one pool across all prompts: the warm-start path is what runs
+    check_methods(pair, ["pld", "lookahead", "ouroboros"], chat=True)
+    assert len(pair.pool) > 0
+
+
+def test_draft_free_methods_match_greedy_on_gemma(gemma):
+    gemma.pool.clear()
+    check_methods(gemma, ["pld", "lookahead", "ouroboros"], chat=False)
+
+
+def test_lookahead_on_the_draft_is_its_greedy_output_in_fewer_forwards(q4):
+    """Phrase-level drafting returns exactly the draft's greedy tokens; a warm pool saves forwards."""
+    prompt = q4.tokenize_prompt("Explain how a rainbow forms, step by step.", chat=True)
+    reference = generate_ids(q4, prompt, 64, "ar")  # the draft model's own greedy continuation
+    pool = PhrasePool(phrase_length=4, capacity=8)
+    params = OuroborosParams(window=3, draft_guesses=4)
+    drafter = OuroborosDrafter(q4.target, pool, n_ctx=2048, threads=THREADS, params=params)
+    try:
+        runs = []
+        for _ in range(2):  # cold, then with the pool holding the first run's phrases
+            drafter.begin(prompt)
+            drafted = drafter._draft(prompt, 63)[:63]
+            runs.append((drafted, drafter.draft_forwards))
+            PhraseHarvester(pool).feed(prompt + drafted)
+        for drafted, forwards in runs:
+            assert_equal_or_tie(q4, prompt, reference[:63], drafted, "lookahead on the draft")
+        cold, warm = runs[0][1], runs[1][1]
+        assert cold <= 63 and warm < cold / 2, (cold, warm)
+        print(f"\ndraft forwards for 63 tokens: plain 63, lookahead cold {cold}, warm {warm}")
+    finally:
+        drafter.close()
