@@ -2,6 +2,9 @@
 
 Every prompt is run by every method back to back (so machine noise hits all methods alike), and
 each method's tokens are compared with ar's: speed-ups are only reported with their exact-match flag.
+A method name ending in "-cold" clears the phrase pool before every prompt; without it the pool is
+shared across prompts (warm start). `--project PROFILE` adds a projection of the same runs onto
+another machine's per-batch step times (from `ouroboros-lite tune`, or typed in).
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .costs import CostProfile
+
 
 def default_prompts() -> Path:
     """Spec-Bench prompts shipped with the package (data/ in a source checkout)."""
@@ -26,12 +31,17 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     from .cli import add_model_args, positive_int
 
     add_model_args(parser, target_flag="--target")
-    parser.add_argument("--methods", default="ar,sd", help="comma-separated methods; ar is always included")
-    parser.add_argument("--prompts", default=None, help="JSONL file (Spec-Bench format: first turn used) or plain text, one prompt a line")
-    parser.add_argument("--limit", type=positive_int, default=8, help="number of prompts (spread over categories)")
+    parser.add_argument("--methods", default="ar,sd,pld,lookahead,ouroboros-cold,ouroboros",
+                        help="comma-separated methods (ar is always run first); NAME-cold clears the pool per prompt")
+    parser.add_argument("--prompts", default=None,
+                        help="JSONL file (Spec-Bench format: first turn used) or plain text, one prompt a line")
+    parser.add_argument("--limit", type=positive_int, default=13, help="number of prompts (round-robin over categories)")
     parser.add_argument("-n", "--max-tokens", type=positive_int, default=128, help="tokens to generate per prompt")
     parser.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
     parser.add_argument("--json", default=None, help="write the results as JSON to this file")
+    parser.add_argument("--png", default=None, help="write a bar chart of tok/s per method to this PNG file")
+    parser.add_argument("--project", default=None, metavar="PROFILE",
+                        help="also project tok/s onto the per-batch step times in this cost profile (JSON)")
 
 
 @dataclass
@@ -40,21 +50,43 @@ class MethodResult:
     tokens: int = 0
     seconds: float = 0.0
     target_forwards: int = 0
+    target_batch_tokens: int = 0
     draft_forwards: int = 0
+    draft_batch_tokens: int = 0
     drafted: int = 0
     accepted: int = 0
+    accepted_from_pool: int = 0
     mismatches: list[int] = field(default_factory=list)
 
     @property
     def tps(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.tokens / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def draft_forwards_per_token(self) -> float:
+        return self.draft_forwards / self.tokens if self.tokens else 0.0
+
+    def add(self, tokens: int, last) -> None:
+        spec = last.spec
+        self.tokens += tokens
+        self.seconds += last.generation_seconds
+        self.target_forwards += spec.target_forwards
+        self.target_batch_tokens += spec.target_batch_tokens
+        self.draft_forwards += spec.draft_forwards
+        self.draft_batch_tokens += spec.draft_batch_tokens
+        self.drafted += spec.drafted_tokens
+        self.accepted += spec.accepted_tokens
+        self.accepted_from_pool += spec.accepted_by_source.get("pool", 0) + spec.accepted_by_source.get("window", 0)
+
 
 def load_prompts(path: Path, limit: int) -> list[tuple[str, str]]:
-    """(category, prompt) pairs, taking prompts round-robin over categories."""
+    """(category, prompt) pairs, taken round-robin over categories."""
     by_category: dict[str, list[str]] = {}
-    text = path.read_text(encoding="utf-8")
-    for line in text.splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         if path.suffix == ".jsonl":
@@ -63,22 +95,23 @@ def load_prompts(path: Path, limit: int) -> list[tuple[str, str]]:
         else:
             by_category.setdefault("-", []).append(line)
     chosen: list[tuple[str, str]] = []
-    queues = {c: list(p) for c, p in by_category.items()}
-    while len(chosen) < limit and any(queues.values()):
-        for category, queue in queues.items():
+    while len(chosen) < limit and any(by_category.values()):
+        for category, queue in by_category.items():
             if queue and len(chosen) < limit:
                 chosen.append((category, queue.pop(0)))
     return chosen
 
 
-def run_once(runtime, tokens: list[int], method: str, max_tokens: int):
+def run_method(runtime, tokens: list[int], method: str, max_tokens: int):
+    base = method.removesuffix("-cold")
+    if method.endswith("-cold"):
+        runtime.pool.clear()
     generated, last = [], None
-    start = time.perf_counter()
-    for response in runtime.generate(tokens, max_tokens=max_tokens, method=method):
+    for response in runtime.generate(tokens, max_tokens=max_tokens, method=base):
         if response.token >= 0:
             generated.append(response.token)
         last = response
-    return generated, last, time.perf_counter() - start
+    return generated, last
 
 
 def cmd_bench(args) -> int:
@@ -90,46 +123,107 @@ def cmd_bench(args) -> int:
     prompts_path = Path(args.prompts) if args.prompts else default_prompts()
     if not prompts_path.is_file():
         raise OuroborosError(f"prompt file not found: {prompts_path}")
+    profile = CostProfile.load(Path(args.project)) if args.project else None
     prompts = load_prompts(prompts_path, args.limit)
-    draft = args.draft
-    with Runtime(args.model, draft, method="ar", options=runtime_options(args)) as runtime:
+    with Runtime(args.model, args.draft, method="ar", options=runtime_options(args)) as runtime:
         for method in methods:
-            runtime.drafter_for(method)
+            runtime.drafter_for(method.removesuffix("-cold"))
         encoded = [runtime.tokenize_prompt(p, chat=not args.no_chat) for _, p in prompts]
-        run_once(runtime, encoded[0], "ar", 8)  # warm-up: first-touch page faults, thread spin-up
-        results = {m: MethodResult(m) for m in methods}
-        for index, tokens in enumerate(encoded):
+        run_method(runtime, encoded[0], "ar", 8)  # warm-up: page faults, thread start-up
+        runtime.pool.clear()
+        totals = {m: MethodResult(m) for m in methods}
+        per_category: dict[str, dict[str, MethodResult]] = {}
+        for index, ((category, _), tokens) in enumerate(zip(prompts, encoded)):
             reference = None
             for method in methods:
-                generated, last, seconds = run_once(runtime, tokens, method, args.max_tokens)
-                r = results[method]
-                r.tokens += len(generated)
-                r.seconds += last.generation_seconds if last else seconds
-                r.target_forwards += last.spec.target_forwards
-                r.draft_forwards += last.spec.draft_forwards
-                r.drafted += last.spec.drafted_tokens
-                r.accepted += last.spec.accepted_tokens
-                if reference is None:
-                    reference = generated
-                elif generated != reference:
-                    r.mismatches.append(index)
+                generated, last = run_method(runtime, tokens, method, args.max_tokens)
+                for table in (totals, per_category.setdefault(category, {})):
+                    result = table.setdefault(method, MethodResult(method))
+                    result.add(len(generated), last)
+                    if reference is not None and generated != reference:
+                        result.mismatches.append(index)
+                reference = generated if reference is None else reference
             print(f"prompt {index + 1}/{len(encoded)} done", file=sys.stderr, flush=True)
-    print_table(results, len(prompts), args.max_tokens)
+    print(f"{len(prompts)} prompts x {args.max_tokens} tokens, {args.threads or 'default'} threads")
+    for category, table in per_category.items():
+        print(f"\n[{category}]")
+        print_table(table)
+    print("\n[all]")
+    print_table(totals)
+    if profile is not None:
+        print_projection(totals, profile)
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"prompts": len(prompts), "max_tokens": args.max_tokens,
-             "results": [{**asdict(r), "tps": r.tps} for r in results.values()]}, indent=2))
+        write_json(Path(args.json), prompts, args.max_tokens, totals, per_category, profile)
+    if args.png:
+        write_png(Path(args.png), totals, per_category)
     return 0
 
 
-def print_table(results: dict[str, MethodResult], n_prompts: int, max_tokens: int) -> None:
-    base = results["ar"].tps
-    print(f"{n_prompts} prompts x {max_tokens} tokens")
-    print(f"{'method':10s} {'tok/s':>8s} {'speed-up':>9s} {'accept':>7s} {'tok/fwd':>8s} {'dft fwd/tok':>12s}  exact")
+def print_table(results: dict[str, MethodResult]) -> None:
+    base = results["ar"].tps if "ar" in results else 0.0
+    print(f"{'method':16s} {'tok/s':>7s} {'speed-up':>9s} {'accept':>7s} {'tok/fwd':>8s} {'dft fwd/tok':>12s} "
+          f"{'pool tok':>8s}  exact")
     for r in results.values():
         acceptance = f"{r.accepted / r.drafted:.0%}" if r.drafted else "-"
-        per_forward = r.tokens / r.target_forwards if r.target_forwards else 0.0
-        draft_per_token = r.draft_forwards / r.tokens if r.tokens else 0.0
-        exact = "yes" if not r.mismatches else f"NO (prompts {r.mismatches})"
-        print(f"{r.method:10s} {r.tps:8.1f} {r.tps / base if base else 0:8.2f}x {acceptance:>7s} "
-              f"{per_forward:8.2f} {draft_per_token:12.2f}  {exact}")
+        exact = "yes" if not r.mismatches else f"NO {r.mismatches}"
+        print(f"{r.method:16s} {r.tps:7.1f} {r.tps / base if base else 0:8.2f}x {acceptance:>7s} "
+              f"{r.tokens_per_forward:8.2f} {r.draft_forwards_per_token:12.2f} {r.accepted_from_pool:8d}  {exact}")
+
+
+def projected_tps(r: MethodResult, profile: CostProfile) -> float:
+    """Tokens over the time the same forwards would take with the profile's step times."""
+    seconds = 0.0
+    if r.target_forwards:
+        seconds += r.target_forwards * profile.target_step(r.target_batch_tokens / r.target_forwards)
+    if r.draft_forwards:
+        seconds += r.draft_forwards * profile.draft_step(r.draft_batch_tokens / r.draft_forwards)
+    return r.tokens / seconds if seconds else 0.0
+
+
+def print_projection(results: dict[str, MethodResult], profile: CostProfile) -> None:
+    print(f"\nPROJECTION (not measured): acceptance measured above, step times from {profile.source}")
+    base = projected_tps(results["ar"], profile)
+    print(f"{'method':16s} {'tok/s':>8s} {'speed-up':>9s} {'target batch':>13s} {'draft batch':>12s}")
+    for r in results.values():
+        tps = projected_tps(r, profile)
+        tb = r.target_batch_tokens / r.target_forwards if r.target_forwards else 0
+        db = r.draft_batch_tokens / r.draft_forwards if r.draft_forwards else 0
+        print(f"{r.method:16s} {tps:8.1f} {tps / base if base else 0:8.2f}x {tb:13.1f} {db:12.1f}")
+
+
+def write_json(path, prompts, max_tokens, totals, per_category, profile) -> None:
+    def rows(table):
+        return [{**asdict(r), "tps": r.tps, "tokens_per_forward": r.tokens_per_forward,
+                 "draft_forwards_per_token": r.draft_forwards_per_token} for r in table.values()]
+
+    data = {"prompts": len(prompts), "max_tokens": max_tokens, "all": rows(totals),
+            "categories": {c: rows(t) for c, t in per_category.items()}}
+    if profile is not None:
+        data["projection"] = {"profile": profile.source,
+                              "tps": {m: projected_tps(r, profile) for m, r in totals.items()}}
+    path.write_text(json.dumps(data, indent=2))
+
+
+def write_png(path: Path, totals, per_category) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no PNG: install matplotlib, e.g. pip install 'ouroboros-lite[bench]')", file=sys.stderr)
+        return
+    categories = list(per_category) + ["all"]
+    methods = list(totals)
+    tables = [per_category[c] for c in per_category] + [totals]
+    fig, ax = plt.subplots(figsize=(max(8, len(categories) * 1.2), 4.5))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        speedups = [t[method].tps / t["ar"].tps if t["ar"].tps else 0 for t in tables]
+        ax.bar([x + i * width for x in range(len(categories))], speedups, width, label=method)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(categories))], categories, rotation=30, ha="right")
+    ax.set_ylabel("speed-up over ar")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

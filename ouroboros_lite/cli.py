@@ -29,15 +29,41 @@ def add_model_args(parser: argparse.ArgumentParser, *, target_flag: str = "--mod
     parser.add_argument("-c", "--ctx-size", type=positive_int, default=4096, help="context size in tokens")
     parser.add_argument("--gpu-layers", type=int, default=0, help="target layers to offload to the GPU")
     parser.add_argument("--draft-gpu-layers", type=int, default=0, help="draft layers to offload to the GPU")
+    hyper = parser.add_argument_group("speculation hyper-parameters (default: `ouroboros-lite tune` result, else built-in)")
+    hyper.add_argument("--ngram", type=positive_int, default=None, help="N: pool phrases hold N-1 tokens (default 5)")
+    hyper.add_argument("--window", type=int, default=None, help="W: Jacobi window columns on the draft")
+    hyper.add_argument("--draft-guesses", type=int, default=None, help="G: pool phrases the draft verifies per forward")
+    hyper.add_argument("--candidates", type=int, default=None, help="K: pool phrases that lengthen the draft")
+    hyper.add_argument("--max-target-nodes", type=positive_int, default=None, help="largest tree per target forward")
+    hyper.add_argument("--max-draft", type=positive_int, default=None, help="longest draft chain (gamma's cap)")
 
 
 def runtime_options(args):
+    from dataclasses import replace
+
+    from .catalog import resolve_model
+    from .drafters.ouroboros import OuroborosParams
     from .runtime import RuntimeOptions
+    from .tune import load_tuned
 
     kwargs = dict(n_ctx=args.ctx_size, gpu_layers=args.gpu_layers, draft_gpu_layers=args.draft_gpu_layers)
     if args.threads:
         kwargs["threads"] = args.threads
-    return RuntimeOptions(**kwargs)
+    if args.ngram:
+        kwargs["ngram"] = max(2, args.ngram)
+    if args.max_draft:
+        kwargs["max_draft"] = args.max_draft
+    target = resolve_model(args.model)
+    draft = resolve_model(args.draft) if args.draft else None
+    params = (load_tuned(target, draft) if target.is_file() else None) or OuroborosParams()
+    overrides = {"window": args.window, "draft_guesses": args.draft_guesses, "candidates": args.candidates,
+                 "max_target_nodes": args.max_target_nodes, "max_draft_length": args.max_draft}
+    params = replace(params, **{k: v for k, v in overrides.items() if v is not None})
+    if any(v is not None and v < 0 for v in overrides.values()):
+        from .errors import OuroborosError
+
+        raise OuroborosError("speculation hyper-parameters must not be negative")
+    return RuntimeOptions(ouroboros=params, **kwargs)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -59,11 +85,16 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     gen.add_argument("--system", default=None, help="system prompt (with --chat)")
     gen.add_argument("--method", default=None, choices=["ar", "sd", "pld", "lookahead", "ouroboros"],
                      help="decoding method (default: ouroboros with --draft, else ar)")
+    gen.add_argument("--warm", action="store_true",
+                     help="load this model pair's phrase pool from the cache before, save it after (warm start)")
 
     bench = sub.add_parser("bench", help="run methods side by side on the same prompts")
     from .bench import add_bench_args
 
     add_bench_args(bench)
+
+    tune = sub.add_parser("tune", help="measure batch costs of the model pair here and pick hyper-parameters")
+    add_model_args(tune)
 
     pull = sub.add_parser("pull", help="fetch a catalog model into the cache")
     pull.add_argument("name")
@@ -79,12 +110,16 @@ def cmd_generate(args) -> int:
     method = args.method or ("ouroboros" if args.draft else "ar")
     with Runtime(args.model, args.draft, method=method, options=runtime_options(args)) as runtime:
         tokens = runtime.tokenize_prompt(prompt, chat=args.chat, system=args.system)
+        if args.warm:
+            runtime.load_pool()
         last = None
         for response in runtime.generate(tokens, max_tokens=args.max_tokens):
             sys.stdout.write(response.text)
             sys.stdout.flush()
             last = response
         sys.stdout.write("\n")
+        if args.warm:
+            runtime.save_pool()
         print(format_stats(last, method), file=sys.stderr)
     return 0
 
@@ -133,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import cmd_bench
 
             return cmd_bench(args)
+        if args.command == "tune":
+            from .tune import cmd_tune
+
+            return cmd_tune(args)
         return commands[args.command](args)
     except OuroborosError as exc:
         print(f"ouroboros-lite: error: {exc}", file=sys.stderr)

@@ -21,7 +21,9 @@ class SpecStats:
     """Cumulative speculation counters of one generation."""
 
     target_forwards: int = 0
+    target_batch_tokens: int = 0  # tree nodes + roots sent to the target (cost model input)
     draft_forwards: int = 0
+    draft_batch_tokens: int = 0
     drafted_tokens: int = 0
     accepted_tokens: int = 0
     accepted_by_source: dict[str, int] = field(default_factory=dict)
@@ -37,13 +39,15 @@ class SpecStats:
         emitted = self.accepted_tokens + self.target_forwards
         return emitted / self.target_forwards if self.target_forwards else 0.0
 
-    def after(self, outcome: Outcome, draft_forwards: int) -> SpecStats:
+    def after(self, outcome: Outcome, drafter: Drafter) -> SpecStats:
         by_source = dict(self.accepted_by_source)
         for source in outcome.sources[:-1]:
             by_source[source] = by_source.get(source, 0) + 1
         return SpecStats(
             target_forwards=self.target_forwards + 1,
-            draft_forwards=draft_forwards,
+            target_batch_tokens=self.target_batch_tokens + len(outcome.tree) + 1,
+            draft_forwards=drafter.draft_forwards,
+            draft_batch_tokens=drafter.draft_tokens,
             drafted_tokens=self.drafted_tokens + len(outcome.tree),
             accepted_tokens=self.accepted_tokens + len(outcome.accepted),
             accepted_by_source=by_source,
@@ -143,7 +147,7 @@ def stream_generate(
         now = time.perf_counter()
         t_first = t_first or now
         if outcome is not None and outcome is not last_outcome:  # once per verification cycle
-            stats, last_outcome = stats.after(outcome, drafter.draft_forwards), outcome
+            stats, last_outcome = stats.after(outcome, drafter), outcome
         generated += 1
         is_end = model.is_end_of_generation(token)
         finish = "stop" if is_end else ("length" if generated >= max_tokens else None)

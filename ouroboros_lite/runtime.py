@@ -10,7 +10,7 @@ from .backend import DEFAULT_THREADS, ChatMessage, Context, Model
 from .catalog import resolve_model
 from .drafters import NoDraft
 from .drafters.ouroboros import OuroborosParams
-from .pool import PhrasePool
+from .pool import PhrasePool, default_pool_path
 from .errors import OuroborosError
 from .generate import GenerationResponse, stream_generate
 from .verify import TreeVerifier
@@ -107,6 +107,24 @@ class Runtime:
         from .drafters.ouroboros import OuroborosDrafter
 
         return OuroborosDrafter(self.draft, self.pool, n_ctx=n_ctx, threads=options.threads, params=options.ouroboros)
+
+    def pool_path(self) -> Path:
+        """Where this model pair's phrase pool is kept between runs (warm start)."""
+        name = self.target.path.stem + (f"__{self.draft.path.stem}" if self.draft else "")
+        return default_pool_path(f"{name}__n{self.pool.phrase_length + 1}")
+
+    def load_pool(self, path: Path | None = None) -> None:
+        """Replace the pool by a saved one; a missing, corrupt or foreign file gives a fresh pool."""
+        loaded = PhrasePool.load(path or self.pool_path(), self.pool.phrase_length, self.pool.capacity)
+        self.pool.clear()
+        for key in loaded.keys():
+            for phrase in loaded.phrases(key):
+                self.pool.insert(key, phrase)
+
+    def save_pool(self, path: Path | None = None) -> Path:
+        target = path or self.pool_path()
+        self.pool.save(target)
+        return target
 
     def tokenize_prompt(self, prompt: str, *, chat: bool = False, system: str | None = None) -> list[int]:
         if chat:

@@ -36,7 +36,7 @@ def check_methods(runtime, methods, *, chat: bool) -> dict[str, int]:
 
 def test_methods_match_greedy_on_test_pair(pair):
     pair.pool.clear()  # one pool across all prompts: the warm-start path is what runs
-    check_methods(pair, ["pld", "lookahead", "ouroboros"], chat=True)
+    check_methods(pair, ["sd", "pld", "lookahead", "ouroboros"], chat=True)
     assert len(pair.pool) > 0
 
 

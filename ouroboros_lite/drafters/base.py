@@ -14,7 +14,8 @@ from ..verify import Outcome
 
 class Drafter(Protocol):
     name: str
-    draft_forwards: int
+    draft_forwards: int  # draft-model forwards so far in this generation
+    draft_tokens: int  # tokens those forwards processed (batch widths summed)
 
     def begin(self, prompt: list[int]) -> None:
         """A new generation starts from `prompt` (all tokens, the last one is the first root)."""
@@ -33,6 +34,7 @@ class NoDraft:
 
     name = "ar"
     draft_forwards = 0
+    draft_tokens = 0
 
     def begin(self, prompt: list[int]) -> None:
         pass

@@ -25,7 +25,7 @@ class DraftModelDrafter:
         self._ctx = native.context_pointer(self.context.handle)
         self.max_draft = max(1, options.max_draft)
         self.gamma = min(4, self.max_draft)
-        self.draft_forwards = 0
+        self.draft_forwards = self.draft_tokens = 0
         self._n_cached = 0  # history tokens in the draft KV cache
         self._drafted: list[int] = []
         self._next = native.ffi.new("int32_t *")
@@ -38,12 +38,13 @@ class DraftModelDrafter:
         if len(prompt) > 1:
             self._decode(prompt[:-1], 0)
             self._n_cached = len(prompt) - 1
-        self.draft_forwards = 0  # count drafting only, not the prefill
+        self.draft_forwards = self.draft_tokens = 0  # count drafting only, not the prefill
 
     def _decode(self, tokens: list[int], pos: int) -> int:
         code = native.lib.ouro_decode_chain(self._ctx, tokens, len(tokens), pos, 0, self._next, self._rc)
         native.check(code, f"draft llama_decode returned {self._rc[0]}" if code == -8 else "")
         self.draft_forwards += 1
+        self.draft_tokens += len(tokens)
         return int(self._next[0])
 
     def propose(self, history: list[int], budget: int) -> TokenTree:

@@ -99,6 +99,7 @@ class LookaheadDrafter:
 
     name = "lookahead"
     draft_forwards = 0
+    draft_tokens = 0
 
     def __init__(self, pool: PhrasePool, *, window: int = 0, guesses: int = 4, max_nodes: int = 12):
         self.pool = pool

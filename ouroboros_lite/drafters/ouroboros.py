@@ -54,7 +54,7 @@ class OuroborosDrafter:
         draft_nodes = max(1, params.window * pool.phrase_length + params.draft_guesses * pool.phrase_length)
         self.verifier = TreeVerifier(self.context, max_nodes=draft_nodes, max_paths=paths)
         self.harvester = PhraseHarvester(pool)
-        self.draft_forwards = 0
+        self.draft_forwards = self.draft_tokens = 0
         self._n_cached = 0
         self._history_length = 0
         self._drafted: list[int] = []
@@ -63,9 +63,10 @@ class OuroborosDrafter:
     # --- lifecycle --------------------------------------------------------------------------------
     def begin(self, prompt: list[int]) -> None:
         self.context.clear()
-        self.verifier.prefill(prompt[:-1]) if len(prompt) > 1 else None
+        if len(prompt) > 1:
+            self.verifier.prefill(prompt[:-1])
         self._n_cached = max(0, len(prompt) - 1)
-        self.draft_forwards = 0
+        self.draft_forwards = self.draft_tokens = 0
         self.window.reset(prompt)
         self.harvester.restart()
 
@@ -79,6 +80,7 @@ class OuroborosDrafter:
         if self._n_cached < len(history) - 1:
             self.verifier.prefill(history[self._n_cached:-1], self._n_cached)
             self.draft_forwards += 1
+            self.draft_tokens += len(history) - 1 - self._n_cached
         root, pos = history[-1], len(history) - 1
         drafted: list[int] = []
         while len(drafted) < length:
@@ -86,8 +88,10 @@ class OuroborosDrafter:
             for phrase in self.pool.recent(root, self.params.draft_guesses):
                 builder.add(phrase, "pool")
             placement = self.window.place(builder, root) if self.params.window else WindowPlacement()
-            outcome = self.verifier.verify_greedy(root, pos, builder.build())
+            tree = builder.build()
+            outcome = self.verifier.verify_greedy(root, pos, tree)
             self.draft_forwards += 1
+            self.draft_tokens += 1 + len(tree)
             if placement.tops:
                 self.window.learn(placement, outcome.argmax, self.pool)
             drafted.extend(outcome.tokens)

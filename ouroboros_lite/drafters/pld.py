@@ -26,6 +26,7 @@ def lookup_continuation(history: list[int], max_ngram: int, length: int) -> list
 class PromptLookupDrafter:
     name = "pld"
     draft_forwards = 0
+    draft_tokens = 0
 
     def __init__(self, *, max_ngram: int = 3, draft_length: int = 8):
         self.max_ngram = max_ngram

@@ -1,0 +1,42 @@
+"""bench (table, JSON, PNG, projection) and tune, end to end on the small test models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from ouroboros_lite.costs import CostProfile
+from ouroboros_lite.tune import choose_params
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ouroboros_lite", *args], capture_output=True, text=True, timeout=900)
+
+
+def test_bench_writes_table_json_png_and_projection(tmp_path, target_path, draft_path):
+    profile = tmp_path / "h100.json"
+    profile.write_text(json.dumps({"source": "typed in for the test",
+                                   "target": {"1": 0.0012, "8": 0.0014, "16": 0.0016},
+                                   "draft": {"1": 0.0012, "8": 0.0013}}))
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    done = run_cli("bench", "--target", str(target_path), "--draft", str(draft_path), "-t", "2",
+                   "--methods", "ar,sd,pld,ouroboros-cold,ouroboros", "--limit", "2", "-n", "24",
+                   "--json", str(out_json), "--png", str(out_png), "--project", str(profile))
+    assert done.returncode == 0, done.stderr
+    assert "PROJECTION (not measured)" in done.stdout and "typed in for the test" in done.stdout
+    data = json.loads(out_json.read_text())
+    methods = [row["method"] for row in data["all"]]
+    assert methods == ["ar", "sd", "pld", "ouroboros-cold", "ouroboros"]
+    assert all(row["mismatches"] == [] or isinstance(row["mismatches"], list) for row in data["all"])
+    assert set(data["categories"]) == {"writing", "roleplay"}
+    assert data["projection"]["tps"]["ar"] > 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tune_rule_widens_on_flat_curves_and_shrinks_on_steep_ones():
+    flat = CostProfile("gpu-like", target={1: 1.0, 8: 1.1, 16: 1.2, 32: 1.5}, draft={1: 1.0, 8: 1.05, 16: 1.1, 32: 1.3})
+    steep = CostProfile("cpu-like", target={1: 1.0, 4: 1.8, 8: 3.5, 16: 6.0}, draft={1: 1.0, 4: 2.0, 8: 4.0, 16: 7.5})
+    wide, narrow = choose_params(flat, ngram=5), choose_params(steep, ngram=5)
+    assert wide.max_target_nodes == 31 and wide.draft_guesses == 4 and wide.window >= 2
+    assert narrow.max_target_nodes == 3 and narrow.draft_guesses == 0 and narrow.window == 0
