@@ -103,11 +103,10 @@ def load_prompts(path: Path, limit: int) -> list[tuple[str, str]]:
 
 
 def run_method(runtime, tokens: list[int], method: str, max_tokens: int):
-    base = method.removesuffix("-cold")
     if method.endswith("-cold"):
-        runtime.pool.clear()
+        runtime.pool_of(method).clear()
     generated, last = [], None
-    for response in runtime.generate(tokens, max_tokens=max_tokens, method=base):
+    for response in runtime.generate(tokens, max_tokens=max_tokens, method=method):
         if response.token >= 0:
             generated.append(response.token)
         last = response
@@ -127,10 +126,9 @@ def cmd_bench(args) -> int:
     prompts = load_prompts(prompts_path, args.limit)
     with Runtime(args.model, args.draft, method="ar", options=runtime_options(args)) as runtime:
         for method in methods:
-            runtime.drafter_for(method.removesuffix("-cold"))
+            runtime.drafter_for(method)
         encoded = [runtime.tokenize_prompt(p, chat=not args.no_chat) for _, p in prompts]
         run_method(runtime, encoded[0], "ar", 8)  # warm-up: page faults, thread start-up
-        runtime.pool.clear()
         totals = {m: MethodResult(m) for m in methods}
         per_category: dict[str, dict[str, MethodResult]] = {}
         for index, ((category, _), tokens) in enumerate(zip(prompts, encoded)):

@@ -72,16 +72,18 @@ class Runtime:
 
             self.draft = Model(resolve_model(draft), gpu_layers=options.draft_gpu_layers)
             check_compatible(self.target, self.draft)
-        self.pool = PhrasePool(phrase_length=options.ngram - 1, capacity=options.pool_capacity)
         self._drafters: dict = {}
         self.drafter = self.drafter_for(method)
 
     def drafter_for(self, method: str):
-        """The drafter of a method, created once and reused (bench runs several side by side)."""
-        if method not in METHODS:
+        """The drafter of a method, created once and reused (bench runs several side by side).
+
+        "NAME-cold" is a separate drafter of method NAME whose pool the bench clears per prompt."""
+        base = method.removesuffix("-cold")
+        if base not in METHODS:
             raise OuroborosError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if method not in self._drafters:
-            self._drafters[method] = self._make_drafter(method)
+            self._drafters[method] = self._make_drafter(base)
         return self._drafters[method]
 
     def _make_drafter(self, method: str):
@@ -95,7 +97,7 @@ class Runtime:
         if method == "lookahead" or (method == "ouroboros" and self.draft is None):
             from .drafters.lookahead import LookaheadDrafter
 
-            return LookaheadDrafter(self.pool, window=options.target_window,
+            return LookaheadDrafter(self._new_pool(), window=options.target_window,
                                     guesses=options.ouroboros.candidates,
                                     max_nodes=options.ouroboros.max_target_nodes)
         if self.draft is None:
@@ -106,7 +108,23 @@ class Runtime:
             return DraftModelDrafter(self.draft, n_ctx=n_ctx, options=options)
         from .drafters.ouroboros import OuroborosDrafter
 
-        return OuroborosDrafter(self.draft, self.pool, n_ctx=n_ctx, threads=options.threads, params=options.ouroboros)
+        return OuroborosDrafter(self.draft, self._new_pool(), n_ctx=n_ctx, threads=options.threads,
+                                params=options.ouroboros)
+
+    def _new_pool(self) -> PhrasePool:
+        # one pool per drafter: methods compared side by side must not learn from each other's runs
+        return PhrasePool(phrase_length=self.options.ngram - 1, capacity=self.options.pool_capacity)
+
+    @property
+    def pool(self) -> PhrasePool:
+        """The phrase pool of the runtime's method (an empty one for methods without a pool)."""
+        return self.pool_of(self.method)
+
+    def pool_of(self, method: str) -> PhrasePool:
+        drafter = self.drafter_for(method)
+        if not hasattr(drafter, "pool"):
+            drafter.pool = self._new_pool()
+        return drafter.pool
 
     def pool_path(self) -> Path:
         """Where this model pair's phrase pool is kept between runs (warm start)."""
