@@ -109,7 +109,7 @@ class Runtime:
         from .drafters.ouroboros import OuroborosDrafter
 
         return OuroborosDrafter(self.draft, self._new_pool(), n_ctx=n_ctx, threads=options.threads,
-                                params=options.ouroboros)
+                                params=options.ouroboros, flash_attn=options.flash_attn, kv_type=options.kv_type)
 
     def _new_pool(self) -> PhrasePool:
         # one pool per drafter: methods compared side by side must not learn from each other's runs

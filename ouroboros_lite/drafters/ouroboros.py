@@ -45,14 +45,16 @@ class OuroborosParams:
 class OuroborosDrafter:
     name = "ouroboros"
 
-    def __init__(self, model: Model, pool: PhrasePool, *, n_ctx: int, threads: int, params: OuroborosParams):
+    def __init__(self, model: Model, pool: PhrasePool, *, n_ctx: int, threads: int, params: OuroborosParams,
+                 flash_attn: bool | None = None, kv_type: str = "f16"):
         self.model = model
         self.pool = pool
         self.params = params
         self.gamma = params.draft_length
         self.window = JacobiWindow(params.window, pool.phrase_length + 1)
         paths = params.window + params.draft_guesses + 1
-        self.context = Context(model, n_ctx=n_ctx, n_batch=512, n_seq_max=paths, threads=threads)
+        self.context = Context(model, n_ctx=n_ctx, n_batch=512, n_seq_max=paths, threads=threads,
+                               flash_attn=flash_attn, kv_type=kv_type)
         draft_nodes = max(1, params.window * pool.phrase_length + params.draft_guesses * pool.phrase_length)
         self.verifier = TreeVerifier(self.context, max_nodes=draft_nodes, max_paths=paths)
         self.harvester = PhraseHarvester(pool)
