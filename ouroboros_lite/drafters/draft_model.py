@@ -21,7 +21,8 @@ class DraftModelDrafter:
 
     def __init__(self, model: Model, *, n_ctx: int, options):
         self.model = model
-        self.context = Context(model, n_ctx=n_ctx, n_batch=options.n_batch, n_seq_max=1, threads=options.threads)
+        self.context = Context(model, n_ctx=n_ctx, n_batch=options.n_batch, n_seq_max=1, threads=options.threads,
+                               flash_attn=options.flash_attn, kv_type=options.kv_type)
         self._ctx = native.context_pointer(self.context.handle)
         self.max_draft = max(1, options.max_draft)
         self.gamma = min(4, self.max_draft)
