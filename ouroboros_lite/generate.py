@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .backend import Model, TextStream
 from .drafters.base import Drafter
 from .errors import OuroborosError, PromptTooLongError
+from .sampling import GREEDY, Sampler, SamplingParams, resolve_seed
 from .verify import Outcome, TreeVerifier
 
 
@@ -66,7 +67,8 @@ class GenerationResponse:
     text: str
     token: int
     source: str
-    prompt_tokens: int
+    prompt_tokens: int  # the whole prompt; prompt_tokens - cached_tokens of it were decoded
+    cached_tokens: int
     generation_tokens: int
     prompt_seconds: float
     generation_seconds: float
@@ -75,7 +77,9 @@ class GenerationResponse:
 
     @property
     def prompt_tps(self) -> float:
-        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+        """Prompt tokens decoded (not the ones reused from the cache) per second."""
+        n = self.prompt_tokens - self.cached_tokens
+        return n / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
 
     @property
     def generation_tps(self) -> float:
@@ -85,17 +89,26 @@ class GenerationResponse:
 
 
 def generate_tokens(
-    verifier: TreeVerifier, drafter: Drafter, prompt: list[int], *, max_tokens: int
+    verifier: TreeVerifier,
+    drafter: Drafter,
+    prompt: list[int],
+    *,
+    max_tokens: int,
+    sampler: Sampler,
+    draft_sampler: Sampler | None = None,
+    n_cached: int = 0,
 ) -> Iterator[tuple[int, str, Outcome | None]]:
     """Yield (token, source, outcome) until max_tokens or the context is full.
 
-    The caller stops at end-of-generation tokens. Invariant: every cycle emits at least one
-    token (the target's own next token), so the loop always advances.
+    prompt[:n_cached] is already in the target's KV cache. The caller stops at end-of-generation
+    tokens. Invariant: every cycle emits at least one token (the target's own), so the loop advances.
     """
     n_ctx = verifier.context.n_ctx
-    # 0 prefill the whole prompt in one batch, as plain decoding does; it yields the first token
-    root = verifier.prefill(prompt)
-    drafter.begin(prompt)
+    # 0 prefill the rest of the prompt in one batch, as plain decoding does; it yields the first token
+    root = verifier.prefill(prompt[n_cached:], n_cached)
+    if not sampler.params.plain_greedy:
+        root = sampler.draw(sampler.probabilities(verifier.logits_last(), prompt), position=len(prompt))
+    drafter.begin(prompt, draft_sampler)
     history, pos = [*prompt, root], len(prompt)  # root: last accepted token, not yet in the KV cache
     yield root, "target", None
     emitted = 1
@@ -103,8 +116,8 @@ def generate_tokens(
         # 1 propose a tree within the batch budget and the room left in the context
         budget = min(verifier.max_nodes, n_ctx - pos - 1, max_tokens - emitted - 1)
         tree = drafter.propose(history, max(0, budget))
-        # 2 one target forward over root + tree, greedy acceptance, KV commit (all in C)
-        outcome = verifier.verify_greedy(root, pos, tree)
+        # 2 one target forward over root + tree, acceptance (greedy in C, or lossless sampling), KV commit
+        outcome = verifier.verify(root, pos, tree, sampler, history)
         # 3 let the drafter roll back and learn
         drafter.observe(outcome)
         # 4 emit the accepted tokens and the target's own next token
@@ -124,8 +137,13 @@ def stream_generate(
     prompt: list[int],
     *,
     max_tokens: int,
+    sampling: SamplingParams = GREEDY,
+    reuse_cache: bool = False,
 ) -> Iterator[GenerationResponse]:
-    """Timing: prompt_seconds runs to the first token; generation_seconds from it to the last."""
+    """Timing: prompt_seconds runs to the first token; generation_seconds from it to the last.
+
+    reuse_cache: keep the longest prefix of the prompt the KV cache already holds (chat turns)
+    instead of starting from an empty cache."""
     if max_tokens <= 0:
         raise OuroborosError(f"the number of tokens to generate must be positive (got {max_tokens})")
     if not prompt:
@@ -135,14 +153,21 @@ def stream_generate(
         raise PromptTooLongError(
             f"the prompt is {len(prompt)} tokens but the context holds {n_ctx}; shorten it or raise --ctx-size"
         )
-    verifier.context.clear()
+    if reuse_cache:
+        n_cached = verifier.reuse_prefix(prompt)
+    else:
+        verifier.reset()
+        n_cached = 0
+    seed = resolve_seed(sampling.seed)
+    sampler, draft_sampler = Sampler(sampling, seed, stream=0), Sampler(sampling, seed, stream=1)
     stream = TextStream(model)
     stats = SpecStats()
     t_start = time.perf_counter()
     t_first = None
     generated = 0
     last_outcome = None
-    tokens = generate_tokens(verifier, drafter, prompt, max_tokens=max_tokens)
+    tokens = generate_tokens(verifier, drafter, prompt, max_tokens=max_tokens, sampler=sampler,
+                             draft_sampler=draft_sampler, n_cached=n_cached)
     for token, source, outcome in tokens:
         now = time.perf_counter()
         t_first = t_first or now
@@ -159,6 +184,7 @@ def stream_generate(
             token=token,
             source=source,
             prompt_tokens=len(prompt),
+            cached_tokens=n_cached,
             generation_tokens=generated,
             prompt_seconds=t_first - t_start,
             generation_seconds=now - t_first,
@@ -175,6 +201,7 @@ def stream_generate(
         token=-1,
         source="target",
         prompt_tokens=len(prompt),
+        cached_tokens=n_cached,
         generation_tokens=generated,
         prompt_seconds=(t_first or now) - t_start,
         generation_seconds=now - (t_first or now),

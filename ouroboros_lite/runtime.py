@@ -13,6 +13,7 @@ from .drafters.ouroboros import OuroborosParams
 from .pool import PhrasePool, default_pool_path
 from .errors import OuroborosError
 from .generate import GenerationResponse, stream_generate
+from .sampling import GREEDY, SamplingParams
 from .verify import TreeVerifier
 
 METHODS = ("ar", "sd", "pld", "lookahead", "ouroboros")
@@ -152,10 +153,18 @@ class Runtime:
         return self.target.tokenize(prompt, add_special=True, parse_special=True)
 
     def generate(
-        self, prompt_tokens: list[int], *, max_tokens: int, method: str | None = None
+        self,
+        prompt_tokens: list[int],
+        *,
+        max_tokens: int,
+        method: str | None = None,
+        sampling: SamplingParams = GREEDY,
+        reuse_cache: bool = False,
     ) -> Iterator[GenerationResponse]:
+        """Stream a generation. reuse_cache keeps the prompt prefix the KV cache already holds."""
         drafter = self.drafter_for(method) if method else self.drafter
-        return stream_generate(self.target, self.verifier, drafter, prompt_tokens, max_tokens=max_tokens)
+        return stream_generate(self.target, self.verifier, drafter, prompt_tokens, max_tokens=max_tokens,
+                               sampling=sampling, reuse_cache=reuse_cache)
 
     def close(self) -> None:
         for thing in [*getattr(self, "_drafters", {}).values(), getattr(self, "verifier", None)]:

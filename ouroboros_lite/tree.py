@@ -16,6 +16,9 @@ class TokenTree:
     tokens: tuple[int, ...] = ()
     parents: tuple[int, ...] = ()
     sources: tuple[str, ...] = ()
+    # node -> the distribution its token was sampled from (a draft model sampling at temperature > 0).
+    # Nodes not listed are fixed by the prefix (pool phrases, greedy drafts); see acceptance.py.
+    draft_probs: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import native
+from .acceptance import accept_sampled
 from .backend import Context
+from .sampling import Sampler
 from .tree import TokenTree
 
 
@@ -45,6 +47,28 @@ class TreeVerifier:
         self._path = native.ffi.new("int32_t[]", max(1, self.max_nodes))
         self._n_path = native.ffi.new("int32_t *")
         self._next = native.ffi.new("int32_t *")
+        self.cached: list[int] = []  # the tokens sequence 0 of the KV cache holds, in order
+
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        self.context.clear()
+        self.cached = []
+
+    def rollback(self, n_keep: int) -> None:
+        """Keep the first n_keep cached tokens, drop the rest."""
+        native.lib.ouro_rollback(self._ctx, n_keep)
+        del self.cached[n_keep:]
+
+    def reuse_prefix(self, tokens: list[int], *, leave_one: bool = True) -> int:
+        """Keep the longest cached prefix of `tokens` (KV reuse across chat turns); returns its length.
+
+        leave_one: keep at most len(tokens) - 1, so decoding the rest yields next-token logits."""
+        n = 0
+        limit = min(len(self.cached), len(tokens) - (1 if leave_one else 0))
+        while n < limit and self.cached[n] == tokens[n]:
+            n += 1
+        self.rollback(n)
+        return n
 
     def close(self) -> None:
         if self._tree is not None and self._tree != native.ffi.NULL:
@@ -62,11 +86,14 @@ class TreeVerifier:
         rc_out = native.ffi.new("int32_t *")
         code = native.lib.ouro_decode_chain(self._ctx, tokens, len(tokens), pos0, 0, self._next, rc_out)
         native.check(code, f"llama_decode returned {rc_out[0]}" if code == -8 else "")
+        self.cached[pos0:] = tokens
         return int(self._next[0])
 
     def decode(self, root: int, pos: int, tree: TokenTree) -> np.ndarray:
         """Run the tree through the target; returns the argmax after the root and every node."""
         n = len(tree)
+        del self.cached[pos:]
+        self._root = root
         code = native.lib.ouro_tree_decode(self._tree, root, pos, list(tree.tokens), list(tree.parents), n)
         if code == -8:
             native.check(code, f"llama_decode returned {native.lib.ouro_tree_last_decode_rc(self._tree)}")
@@ -93,11 +120,38 @@ class TreeVerifier:
     def commit(self, last_node: int) -> None:
         native.check(native.lib.ouro_tree_commit(self._tree, last_node))
 
+    def verify(self, root: int, pos: int, tree: TokenTree, sampler: Sampler | None = None,
+               history: list[int] | None = None) -> Outcome:
+        """One cycle: greedy in C when the sampler is plain greedy, else lossless sampling."""
+        if sampler is None or sampler.params.plain_greedy:
+            return self.verify_greedy(root, pos, tree)
+        return self.verify_sampled(root, pos, tree, sampler, history or [root])
+
     def verify_greedy(self, root: int, pos: int, tree: TokenTree) -> Outcome:
         """Decode, accept the longest path that matches the target's argmaxes, commit it."""
         argmax = self.decode(root, pos, tree)
         path, next_token = self.accept_greedy()
+        return self._commit(tree, argmax, path, next_token)
+
+    def verify_sampled(self, root: int, pos: int, tree: TokenTree, sampler: Sampler,
+                       history: list[int]) -> Outcome:
+        """Decode, then walk the tree with acceptance.accept_sampled; history ends with the root.
+
+        Only the nodes the walk visits are scored: each logits row is read in place and copied
+        once, into the distribution its sampling parameters and path history define."""
+        argmax = self.decode(root, pos, tree)
+
+        def target_probs(node: int) -> np.ndarray:
+            path = [tree.tokens[i] for i in tree.path_to(node)] if node >= 0 else []
+            return sampler.probabilities(self.logits(node + 1), [*history, *path])
+
+        path, next_token = accept_sampled(tree, target_probs, sampler, len(history), tree.draft_probs)
+        return self._commit(tree, argmax, path, next_token)
+
+    def _commit(self, tree: TokenTree, argmax: np.ndarray, path: list[int], next_token: int) -> Outcome:
         self.commit(path[-1] if path else -1)
+        self.cached.append(self._root)
+        self.cached.extend(tree.tokens[i] for i in path)
         return Outcome(
             tree=tree,
             accepted=tuple(path),

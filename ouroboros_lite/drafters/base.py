@@ -17,8 +17,12 @@ class Drafter(Protocol):
     draft_forwards: int  # draft-model forwards so far in this generation
     draft_tokens: int  # tokens those forwards processed (batch widths summed)
 
-    def begin(self, prompt: list[int]) -> None:
-        """A new generation starts from `prompt` (all tokens, the last one is the first root)."""
+    def begin(self, prompt: list[int], sampler=None) -> None:
+        """A new generation starts from `prompt` (all tokens, the last one is the first root).
+
+        sampler: the generation's draft-side random stream when it samples (temperature > 0). A
+        drafter that samples its tokens from a distribution q must record q in
+        TokenTree.draft_probs; one that ignores it proposes fixed tokens (see acceptance.py)."""
 
     def propose(self, history: list[int], budget: int) -> TokenTree:
         """A tree of guesses for the tokens after history[-1], at most `budget` nodes.
@@ -36,7 +40,7 @@ class NoDraft:
     draft_forwards = 0
     draft_tokens = 0
 
-    def begin(self, prompt: list[int]) -> None:
+    def begin(self, prompt: list[int], sampler=None) -> None:
         pass
 
     def propose(self, history: list[int], budget: int) -> TokenTree:

@@ -6,12 +6,19 @@ not seen (the rest of the accepted ones and the target's token).
 
 Draft length gamma adapts online, as HF's assisted generation does: +2 after a fully accepted
 draft, -1 after a rejection, within [1, max_draft].
+
+When the target samples (temperature > 0), the draft samples too, from its own distribution q
+under the same sampling parameters, and hands q to the verifier with each token: speculative
+sampling then accepts with min(1, p/q) (acceptance.py), which beats a greedy draft's p(token).
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import native
 from ..backend import Context, Model
+from ..sampling import Sampler
 from ..tree import TokenTree
 from ..verify import Outcome
 
@@ -28,39 +35,65 @@ class DraftModelDrafter:
         self.gamma = min(4, self.max_draft)
         self.draft_forwards = self.draft_tokens = 0
         self._n_cached = 0  # history tokens in the draft KV cache
+        self._kv: list[int] = []  # the tokens the draft KV cache holds
+        self._sampler: Sampler | None = None
         self._drafted: list[int] = []
         self._next = native.ffi.new("int32_t *")
         self._rc = native.ffi.new("int32_t *")
 
-    def begin(self, prompt: list[int]) -> None:
-        """Prefill the draft with the prompt but its last token (the first root)."""
-        self.context.clear()
-        self._n_cached = 0
-        if len(prompt) > 1:
-            self._decode(prompt[:-1], 0)
-            self._n_cached = len(prompt) - 1
+    def begin(self, prompt: list[int], sampler: Sampler | None = None) -> None:
+        """Prefill the draft with the prompt but its last token (the first root), reusing the
+        prefix its KV cache already holds (earlier chat turns)."""
+        self._sampler = None if sampler is None or sampler.params.plain_greedy else sampler
+        self.gamma = min(4, self.max_draft)  # the same seed must give the same drafts, hence the same text
+        keep = 0
+        while keep < min(len(self._kv), len(prompt) - 1) and self._kv[keep] == prompt[keep]:
+            keep += 1
+        self._rollback(keep)
+        if len(prompt) - 1 > keep:
+            self._decode(prompt[keep:-1], keep)
+        self._n_cached = len(prompt) - 1
         self.draft_forwards = self.draft_tokens = 0  # count drafting only, not the prefill
 
     def _decode(self, tokens: list[int], pos: int) -> int:
         code = native.lib.ouro_decode_chain(self._ctx, tokens, len(tokens), pos, 0, self._next, self._rc)
         native.check(code, f"draft llama_decode returned {self._rc[0]}" if code == -8 else "")
+        self._kv[pos:] = tokens
         self.draft_forwards += 1
         self.draft_tokens += len(tokens)
         return int(self._next[0])
+
+    def _rollback(self, keep: int) -> None:
+        native.lib.ouro_rollback(self._ctx, keep)
+        del self._kv[keep:]
+
+    def _next_token(self, greedy: int, history: list[int], drafted: list[int],
+                    probs: dict[int, np.ndarray]) -> int:
+        """The greedy token, or a sample from the draft's q (recorded for the verifier)."""
+        if self._sampler is None:
+            return greedy
+        q = self._sampler.probabilities(native_logits(self._ctx, self.model.n_vocab), [*history, *drafted])
+        token = self._sampler.draw(q)
+        probs[len(drafted)] = q
+        return token
 
     def propose(self, history: list[int], budget: int) -> TokenTree:
         n = min(self.gamma, budget)
         self._drafted = []
         if n <= 0:
             return TokenTree()
-        token = self._decode(history[self._n_cached:], self._n_cached)
+        probs: dict[int, np.ndarray] = {}
+        drafted: list[int] = []
+        token = self._next_token(self._decode(history[self._n_cached:], self._n_cached), history, drafted, probs)
         self._n_cached = len(history)
-        drafted = [token]
+        drafted.append(token)
         while len(drafted) < n and not self.model.is_end_of_generation(token):
-            token = self._decode([token], len(history) + len(drafted) - 1)
+            greedy = self._decode([token], len(history) + len(drafted) - 1)
+            token = self._next_token(greedy, history, drafted, probs)
             drafted.append(token)
         self._drafted = drafted
-        return TokenTree(tuple(drafted), tuple(range(-1, len(drafted) - 1)), ("draft",) * len(drafted))
+        return TokenTree(tuple(drafted), tuple(range(-1, len(drafted) - 1)), ("draft",) * len(drafted),
+                         draft_probs=probs)
 
     def observe(self, outcome: Outcome) -> None:
         if not self._drafted:
@@ -68,7 +101,7 @@ class DraftModelDrafter:
         accepted = len(outcome.accepted)
         # The KV holds history + drafted[:-1]; keep history + the accepted drafts.
         keep = self._n_cached + min(accepted, len(self._drafted) - 1)
-        native.lib.ouro_rollback(self._ctx, keep)
+        self._rollback(keep)
         self._n_cached = keep
         if accepted == len(self._drafted):
             self.gamma = min(self.max_draft, self.gamma + 2)
@@ -77,3 +110,8 @@ class DraftModelDrafter:
 
     def close(self) -> None:
         self.context.close()
+
+
+def native_logits(ctx, n_vocab: int) -> np.ndarray:
+    """The last decoded row of a context's logits, in place (llama.cpp owns the buffer)."""
+    return np.frombuffer(native.ffi.buffer(native.lib.ouro_logits_last(ctx), 4 * n_vocab), dtype=np.float32)

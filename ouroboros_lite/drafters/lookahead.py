@@ -109,7 +109,7 @@ class LookaheadDrafter:
         self.harvester = PhraseHarvester(pool)
         self._placement = WindowPlacement()
 
-    def begin(self, prompt: list[int]) -> None:
+    def begin(self, prompt: list[int], sampler=None) -> None:
         self.window.reset(prompt)
         self.harvester.restart()
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import native
 from ..backend import Context, Model
 from ..pool import PhrasePool
 from ..tree import TokenTree, TreeBuilder
@@ -63,12 +62,20 @@ class OuroborosDrafter:
         self._history_length = 0
         self._drafted: list[int] = []
         self._lengthening: list[list[int]] = []
+        self._sampler = None
 
     # --- lifecycle --------------------------------------------------------------------------------
-    def begin(self, prompt: list[int]) -> None:
-        self.context.clear()
-        if len(prompt) > 1:
-            self.verifier.prefill(prompt[:-1])
+    def begin(self, prompt: list[int], sampler=None) -> None:
+        """Prefill the draft with the prompt but its last token, reusing the prefix its KV holds.
+
+        When the target samples, the draft samples with the same keyed uniforms (coupled
+        sampling, acceptance.py rule 1): its tokens stay a function of the prefix and the seed,
+        so lookahead and pool guesses keep working on the draft and the target's text does not
+        depend on them."""
+        self._sampler = None if sampler is None or sampler.params.plain_greedy else sampler
+        keep = self.verifier.reuse_prefix(prompt[:-1], leave_one=False)
+        if keep < len(prompt) - 1:
+            self.verifier.prefill(prompt[keep:-1], keep)
         self._n_cached = max(0, len(prompt) - 1)
         self.draft_forwards = self.draft_tokens = 0
         self.window.reset(prompt)
@@ -93,7 +100,7 @@ class OuroborosDrafter:
                 builder.add(phrase, "pool")
             placement = self.window.place(builder, root) if self.params.window else WindowPlacement()
             tree = builder.build()
-            outcome = self.verifier.verify_greedy(root, pos, tree)
+            outcome = self.verifier.verify(root, pos, tree, self._sampler, [*history, *drafted])
             self.draft_forwards += 1
             self.draft_tokens += 1 + len(tree)
             if placement.tops:
@@ -144,7 +151,7 @@ class OuroborosDrafter:
     def _roll_back_draft(self, accepted: int) -> None:
         keep = self._history_length + min(accepted, len(self._drafted) - 1)
         if keep < self._n_cached:
-            native.lib.ouro_rollback(native.context_pointer(self.context.handle), keep)
+            self.verifier.rollback(keep)
             self._n_cached = keep
 
     def _rule_a(self, drafted: list[int], first_rejected: int, argmax) -> None:

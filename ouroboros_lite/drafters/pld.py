@@ -32,7 +32,7 @@ class PromptLookupDrafter:
         self.max_ngram = max_ngram
         self.draft_length = draft_length
 
-    def begin(self, prompt: list[int]) -> None:
+    def begin(self, prompt: list[int], sampler=None) -> None:
         pass
 
     def propose(self, history: list[int], budget: int) -> TokenTree:

@@ -1,0 +1,141 @@
+"""Sampling parameters and the target distribution they define, with llama.cpp's meanings.
+
+llama.cpp's default chain is penalties -> top-k -> top-p -> min-p -> temperature -> draw; this
+module applies the same steps in the same order, so `--temperature 0.8 --top-k 40` means here
+what it means in llama-cli. Temperature 0 (or below) is greedy: the first largest logit after
+the repetition penalty, exactly as the C module's argmax picks it.
+
+The distribution is a pure function of (logits, history): penalties look at the last
+`repeat_last_n` tokens of the history they are given, so a tree node is scored with its own path
+and a rejected branch leaves no trace (sampler state advances only on accepted tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import OuroborosError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0: greedy (what `generate` does unless told otherwise)
+    top_k: int = 40  # 0: off
+    top_p: float = 0.95  # 1.0: off
+    min_p: float = 0.05  # 0.0: off
+    repeat_penalty: float = 1.0  # 1.0: off
+    repeat_last_n: int = 64  # tokens the penalty looks back over (0: off, -1: the whole history)
+    seed: int | None = None  # None or -1: a fresh random seed per generation
+
+    def __post_init__(self):
+        problems = []
+        if not (self.temperature == self.temperature) or self.temperature > 100:  # NaN or absurd
+            problems.append(f"temperature must be a number in [0, 100], got {self.temperature}")
+        if self.top_k < 0:
+            problems.append(f"top-k must be 0 (off) or positive, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top-p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            problems.append(f"min-p must be in [0, 1], got {self.min_p}")
+        if self.repeat_penalty <= 0:
+            problems.append(f"repeat-penalty must be positive, got {self.repeat_penalty}")
+        if self.repeat_last_n < -1:
+            problems.append(f"repeat-last-n must be -1, 0 or positive, got {self.repeat_last_n}")
+        if problems:
+            raise OuroborosError("; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy on the raw logits: the C module's argmax decides alone."""
+        return self.greedy and self.repeat_penalty == 1.0
+
+
+GREEDY = SamplingParams()
+CHAT_DEFAULTS = SamplingParams(temperature=0.8)  # llama-cli's default temperature
+
+
+class Sampler:
+    """The target distribution of one generation and the random numbers it draws with.
+
+    Two kinds of draws:
+    - keyed: `draw(probs, position)` inverts the CDF at a uniform that depends only on (seed,
+      position). The token at position t is then a function of its distribution and u_t alone,
+      whoever proposed candidates for it, so the same seed gives the same text as plain `ar`
+      sampling (see acceptance.py, which relies on it).
+    - sequential: `draw(probs)` and `uniform()` read the stream `stream` of the seed; a draft
+      model sampling for chain speculative sampling uses a stream of its own (stream 1), so its
+      draws are independent of the verifier's acceptance tests (stream 0)."""
+
+    def __init__(self, params: SamplingParams, seed: int, stream: int = 0):
+        self.params = params
+        self.seed = seed
+        self.rng = np.random.default_rng([seed, stream])
+
+    def probabilities(self, logits: np.ndarray, history: list[int] | tuple[int, ...]) -> np.ndarray:
+        """The distribution to sample the next token from, dense float64 over the vocabulary."""
+        params = self.params
+        x = np.array(logits, dtype=np.float64)  # the one copy of the row llama.cpp owns
+        if params.repeat_penalty != 1.0 and params.repeat_last_n != 0 and history:
+            recent = history if params.repeat_last_n < 0 else history[-params.repeat_last_n:]
+            ids = np.unique(np.asarray(recent, dtype=np.int64))
+            ids = ids[(ids >= 0) & (ids < len(x))]
+            v = x[ids]
+            x[ids] = np.where(v <= 0, v * params.repeat_penalty, v / params.repeat_penalty)
+        probs = np.zeros_like(x)
+        if params.greedy:
+            probs[int(np.argmax(x))] = 1.0
+            return probs
+        keep = _filter(x, params)
+        z = x[keep] / params.temperature
+        z = np.exp(z - z.max())
+        probs[keep] = z / z.sum()
+        return probs
+
+    def draw(self, probs: np.ndarray, position: int | None = None) -> int:
+        """One token from a distribution (inverse CDF at one uniform; keyed by position if given)."""
+        u = self.rng.random() if position is None else self.keyed_uniform(position)
+        cdf = np.cumsum(probs)
+        token = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+        token = min(token, len(probs) - 1)
+        while probs[token] <= 0:  # rounding at the top of the CDF: step back to a real token
+            token -= 1
+        return token
+
+    def uniform(self) -> float:
+        return float(self.rng.random())
+
+    def keyed_uniform(self, position: int) -> float:
+        return float(np.random.default_rng([self.seed, _KEYED, position]).random())
+
+
+_KEYED = 0x6B657965  # separates the keyed uniforms from the sequential streams
+
+
+def _filter(x: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """Indices that survive top-k, top-p and min-p (each computed on untempered logits, as llama.cpp)."""
+    n = len(x)
+    if 0 < params.top_k < n:
+        ids = np.argpartition(-x, params.top_k - 1)[: params.top_k]
+    else:
+        ids = np.arange(n)
+    ids = ids[np.argsort(-x[ids], kind="stable")]  # descending; ties keep the lower id first
+    if params.top_p < 1.0 and len(ids) > 1:
+        p = np.exp(x[ids] - x[ids[0]])
+        cum = np.cumsum(p / p.sum())
+        ids = ids[: int(np.searchsorted(cum, params.top_p, side="left")) + 1]
+    if params.min_p > 0.0 and len(ids) > 1:
+        ids = ids[x[ids] >= x[ids[0]] + np.log(params.min_p)]
+    return ids
+
+
+def resolve_seed(seed: int | None) -> int:
+    """A concrete seed: the given one, or a random one for None / -1 (llama.cpp's 'random')."""
+    if seed is None or seed < 0:
+        return int(np.random.SeedSequence().entropy % (2**32))
+    return int(seed)
