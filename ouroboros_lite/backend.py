@@ -9,6 +9,7 @@ import codecs
 import ctypes
 import os
 import threading
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,21 @@ def _last_log_error() -> str:
     return ""
 
 
+class GpuUnavailableWarning(UserWarning):
+    pass
+
+
+def gpu_backend() -> str | None:
+    """"cuda", "metal", another GPU backend's name in lower case, or None (CPU-only build)."""
+    if not llama_cpp.llama_supports_gpu_offload():
+        return None
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    for name in ("CUDA", "Metal", "Vulkan", "ROCm", "HIP", "SYCL"):
+        if name in info:
+            return name.lower()
+    return "gpu"
+
+
 def check_gguf_file(path: str | os.PathLike) -> Path:
     """Fail with a clear message unless `path` is a readable file that starts like a GGUF file."""
     p = Path(path).expanduser()
@@ -80,6 +96,10 @@ class Model:
     def __init__(self, path: str | os.PathLike, *, gpu_layers: int = 0):
         self.path = check_gguf_file(path)
         _ensure_backend()
+        if gpu_layers != 0 and gpu_backend() is None:
+            warnings.warn("this llama-cpp-python build has no GPU backend, so --gpu-layers is ignored and "
+                          "the model runs on the CPU (see the README's GPU section)", GpuUnavailableWarning,
+                          stacklevel=2)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = gpu_layers
         _log_lines.clear()
@@ -123,6 +143,11 @@ class Model:
         buf = ctypes.create_string_buffer(4096)
         n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    @property
+    def is_quantized(self) -> bool:
+        """Weights stored below 16 bits (GGUF general.file_type other than F32, F16, BF16)."""
+        return self.metadata("general.file_type") not in (None, "0", "1", "32")
 
     @property
     def description(self) -> str:

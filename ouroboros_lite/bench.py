@@ -28,9 +28,13 @@ def default_prompts() -> Path:
 
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_model_args, positive_int
+    from .cli import add_model_args, add_sampling_args, positive_int
 
     add_model_args(parser, target_flag="--target")
+    add_sampling_args(parser, temperature_help=argparse.SUPPRESS)
+    parser.add_argument("--temperatures", default="0",
+                        help="comma-separated temperatures; each gets its own table against ar at that "
+                             "temperature, with the same seeds (default 0: greedy)")
     parser.add_argument("--methods", default="ar,sd,pld,lookahead,ouroboros-cold,ouroboros",
                         help="comma-separated methods (ar is always run first); NAME-cold clears the pool per prompt")
     parser.add_argument("--prompts", default=None,
@@ -102,11 +106,13 @@ def load_prompts(path: Path, limit: int) -> list[tuple[str, str]]:
     return chosen
 
 
-def run_method(runtime, tokens: list[int], method: str, max_tokens: int):
+def run_method(runtime, tokens: list[int], method: str, max_tokens: int, sampling=None):
+    from .sampling import GREEDY
+
     if method.endswith("-cold"):
         runtime.pool_of(method).clear()
     generated, last = [], None
-    for response in runtime.generate(tokens, max_tokens=max_tokens, method=method):
+    for response in runtime.generate(tokens, max_tokens=max_tokens, method=method, sampling=sampling or GREEDY):
         if response.token >= 0:
             generated.append(response.token)
         last = response
@@ -114,7 +120,7 @@ def run_method(runtime, tokens: list[int], method: str, max_tokens: int):
 
 
 def cmd_bench(args) -> int:
-    from .cli import runtime_options
+    from .cli import runtime_options, sampling_params
     from .errors import OuroborosError
     from .runtime import Runtime
 
@@ -124,46 +130,76 @@ def cmd_bench(args) -> int:
         raise OuroborosError(f"prompt file not found: {prompts_path}")
     profile = CostProfile.load(Path(args.project)) if args.project else None
     prompts = load_prompts(prompts_path, args.limit)
+    temperatures = parse_temperatures(args.temperatures)
+    base_seed = args.seed if args.seed is not None and args.seed >= 0 else 1234
     with Runtime(args.model, args.draft, method="ar", options=runtime_options(args)) as runtime:
         for method in methods:
             runtime.drafter_for(method)
         encoded = [runtime.tokenize_prompt(p, chat=not args.no_chat) for _, p in prompts]
         run_method(runtime, encoded[0], "ar", 8)  # warm-up: page faults, thread start-up
-        totals = {m: MethodResult(m) for m in methods}
+        # one table per temperature; per-category tables for the first temperature only
+        all_totals = {t: {m: MethodResult(m) for m in methods} for t in temperatures}
         per_category: dict[str, dict[str, MethodResult]] = {}
         for index, ((category, _), tokens) in enumerate(zip(prompts, encoded)):
-            reference = None
-            for method in methods:
-                generated, last = run_method(runtime, tokens, method, args.max_tokens)
-                for table in (totals, per_category.setdefault(category, {})):
-                    result = table.setdefault(method, MethodResult(method))
-                    result.add(len(generated), last)
-                    if reference is not None and generated != reference:
-                        result.mismatches.append(index)
-                reference = generated if reference is None else reference
+            for temperature in temperatures:
+                args.temperature, args.seed = temperature, base_seed + index  # same seed for every method
+                sampling = sampling_params(args, default_temperature=temperature)
+                tables = [all_totals[temperature]]
+                if temperature == temperatures[0]:
+                    tables.append(per_category.setdefault(category, {}))
+                reference = None
+                for method in methods:
+                    generated, last = run_method(runtime, tokens, method, args.max_tokens, sampling)
+                    for table in tables:
+                        result = table.setdefault(method, MethodResult(method))
+                        result.add(len(generated), last)
+                        if reference is not None and generated != reference:
+                            result.mismatches.append(index)
+                    reference = generated if reference is None else reference
             print(f"prompt {index + 1}/{len(encoded)} done", file=sys.stderr, flush=True)
+    totals = all_totals[temperatures[0]]
     print(f"{len(prompts)} prompts x {args.max_tokens} tokens, {args.threads or 'default'} threads")
     for category, table in per_category.items():
-        print(f"\n[{category}]")
+        print(f"\n[{category}]{temperature_label(temperatures[0])}")
         print_table(table)
-    print("\n[all]")
-    print_table(totals)
+    for temperature, table in all_totals.items():
+        print(f"\n[all]{temperature_label(temperature)}")
+        print_table(table, sampled=temperature > 0)
     if profile is not None:
         print_projection(totals, profile)
     if args.json:
-        write_json(Path(args.json), prompts, args.max_tokens, totals, per_category, profile)
+        write_json(Path(args.json), prompts, args.max_tokens, all_totals, per_category, profile)
     if args.png:
         write_png(Path(args.png), totals, per_category)
     return 0
 
 
-def print_table(results: dict[str, MethodResult]) -> None:
+def parse_temperatures(text: str) -> list[float]:
+    from .errors import OuroborosError
+
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise OuroborosError(f"--temperatures takes numbers separated by commas, got {text!r}") from None
+    if not values or any(t < 0 for t in values):
+        raise OuroborosError(f"--temperatures takes numbers >= 0, got {text!r}")
+    return values
+
+
+def temperature_label(temperature: float) -> str:
+    return " greedy" if temperature <= 0 else f" temperature {temperature:g} (exact = same text as ar, same seed)"
+
+
+def print_table(results: dict[str, MethodResult], sampled: bool = False) -> None:
+    """sampled: at temperature > 0, sd's text depends on its draft's draws, so it has no exact flag."""
     base = results["ar"].tps if "ar" in results else 0.0
     print(f"{'method':16s} {'tok/s':>7s} {'speed-up':>9s} {'accept':>7s} {'tok/fwd':>8s} {'dft fwd/tok':>12s} "
           f"{'pool tok':>8s}  exact")
     for r in results.values():
         acceptance = f"{r.accepted / r.drafted:.0%}" if r.drafted else "-"
         exact = "yes" if not r.mismatches else f"NO {r.mismatches}"
+        if sampled and r.method.removesuffix("-cold") == "sd":
+            exact = "- (sampled draft)"
         print(f"{r.method:16s} {r.tps:7.1f} {r.tps / base if base else 0:8.2f}x {acceptance:>7s} "
               f"{r.tokens_per_forward:8.2f} {r.draft_forwards_per_token:12.2f} {r.accepted_from_pool:8d}  {exact}")
 
@@ -189,12 +225,15 @@ def print_projection(results: dict[str, MethodResult], profile: CostProfile) -> 
         print(f"{r.method:16s} {tps:8.1f} {tps / base if base else 0:8.2f}x {tb:13.1f} {db:12.1f}")
 
 
-def write_json(path, prompts, max_tokens, totals, per_category, profile) -> None:
+def write_json(path, prompts, max_tokens, all_totals, per_category, profile) -> None:
     def rows(table):
         return [{**asdict(r), "tps": r.tps, "tokens_per_forward": r.tokens_per_forward,
                  "draft_forwards_per_token": r.draft_forwards_per_token} for r in table.values()]
 
+    temperatures = list(all_totals)
+    totals = all_totals[temperatures[0]]
     data = {"prompts": len(prompts), "max_tokens": max_tokens, "all": rows(totals),
+            "by_temperature": {f"{t:g}": rows(table) for t, table in all_totals.items()},
             "categories": {c: rows(t) for c, t in per_category.items()}}
     if profile is not None:
         data["projection"] = {"profile": profile.source,

@@ -1,4 +1,8 @@
-"""`ouroboros-lite` command line: generate | bench | pull | models."""
+"""`ouroboros-lite` command line: generate | chat | bench | tune | config | pull | models.
+
+Every setting comes from, in rising precedence: built-in defaults, the TOML config file,
+OUROBOROS_LITE_* environment variables, command-line flags (see config.py); flags default to None
+here so that "not given" can be told apart."""
 
 from __future__ import annotations
 
@@ -26,9 +30,10 @@ def add_model_args(parser: argparse.ArgumentParser, *, target_flag: str = "--mod
                         help="target model: catalog name or .gguf path (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--draft", default=None, help="draft model: catalog name or .gguf path")
     parser.add_argument("-t", "--threads", type=positive_int, default=None, help="CPU threads")
-    parser.add_argument("-c", "--ctx-size", type=positive_int, default=4096, help="context size in tokens")
-    parser.add_argument("--gpu-layers", type=int, default=0, help="target layers to offload to the GPU")
-    parser.add_argument("--draft-gpu-layers", type=int, default=0, help="draft layers to offload to the GPU")
+    parser.add_argument("-c", "--ctx-size", type=positive_int, default=None, help="context size in tokens (4096)")
+    parser.add_argument("-ngl", "--gpu-layers", type=int, default=None,
+                        help="target layers to offload to the GPU (0; 99 = all)")
+    parser.add_argument("--draft-gpu-layers", type=int, default=None, help="draft layers to offload to the GPU (0)")
     hyper = parser.add_argument_group("speculation hyper-parameters (default: `ouroboros-lite tune` result, else built-in)")
     hyper.add_argument("--ngram", type=positive_int, default=None, help="N: pool phrases hold N-1 tokens (default 5)")
     hyper.add_argument("--window", type=int, default=None, help="W: Jacobi window columns on the draft")
@@ -36,6 +41,27 @@ def add_model_args(parser: argparse.ArgumentParser, *, target_flag: str = "--mod
     hyper.add_argument("--candidates", type=int, default=None, help="K: pool phrases that lengthen the draft")
     hyper.add_argument("--max-target-nodes", type=positive_int, default=None, help="largest tree per target forward")
     hyper.add_argument("--max-draft", type=positive_int, default=None, help="longest draft chain (gamma's cap)")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, *, temperature_help: str) -> None:
+    """llama.cpp's sampling flags, names and defaults (applied to the target's logits per tree node)."""
+    group = parser.add_argument_group("sampling (llama.cpp's meanings; every method stays exact)")
+    group.add_argument("--temp", "--temperature", dest="temperature", type=float, default=None, help=temperature_help)
+    group.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (40; 0 = off)")
+    group.add_argument("--top-p", type=float, default=None, help="nucleus: smallest set with this mass (0.95; 1 = off)")
+    group.add_argument("--min-p", type=float, default=None, help="drop tokens under min-p x the best (0.05; 0 = off)")
+    group.add_argument("--repeat-penalty", type=float, default=None, help="penalise recent tokens (1.0 = off)")
+    group.add_argument("--repeat-last-n", type=int, default=None, help="tokens the penalty looks back over (64)")
+    group.add_argument("-s", "--seed", type=int, default=None, help="random seed (-1 = random)")
+
+
+def sampling_params(args, *, default_temperature: float):
+    from .sampling import SamplingParams
+
+    temperature = default_temperature if args.temperature is None else args.temperature
+    return SamplingParams(temperature=temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+                          seed=None if args.seed is None or args.seed < 0 else args.seed)
 
 
 def runtime_options(args):
@@ -60,9 +86,9 @@ def runtime_options(args):
                  "max_target_nodes": args.max_target_nodes, "max_draft_length": args.max_draft}
     params = replace(params, **{k: v for k, v in overrides.items() if v is not None})
     if any(v is not None and v < 0 for v in overrides.values()):
-        from .errors import OuroborosError
-
         raise OuroborosError("speculation hyper-parameters must not be negative")
+    if args.threads is not None and args.threads <= 0 or args.ctx_size <= 0:
+        raise OuroborosError("threads and ctx-size must be positive")
     return RuntimeOptions(ouroboros=params, **kwargs)
 
 
@@ -83,10 +109,17 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", "--max-tokens", type=positive_int, default=DEFAULT_MAX_TOKENS, help="tokens to generate")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--system", default=None, help="system prompt (with --chat)")
-    gen.add_argument("--method", default=None, choices=["ar", "sd", "pld", "lookahead", "ouroboros"],
-                     help="decoding method (default: ouroboros with --draft, else ar)")
-    gen.add_argument("--warm", action="store_true",
-                     help="load this model pair's phrase pool from the cache before, save it after (warm start)")
+    add_method_args(gen, default_help="ouroboros with --draft, else ar")
+    add_sampling_args(gen, temperature_help="temperature (default 0: greedy, exactly the target's own output)")
+
+    chat = sub.add_parser("chat", help="chat in the terminal (multi-turn, streaming, /help for commands)")
+    add_model_args(chat)
+    chat.add_argument("--system", default=None, help="system prompt")
+    chat.add_argument("-n", "--max-tokens", type=positive_int, default=1024, help="longest reply in tokens")
+    add_method_args(chat, default_help="ouroboros: with --draft the full method, else its draft-free mode")
+    chat.add_argument("--show-drafts", action="store_true",
+                      help="colour tokens by who proposed them: draft (green), pool (blue), target (plain)")
+    add_sampling_args(chat, temperature_help="temperature (default 0.8, as llama-cli; 0 = greedy)")
 
     bench = sub.add_parser("bench", help="run methods side by side on the same prompts")
     from .bench import add_bench_args
@@ -100,7 +133,22 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     pull.add_argument("name")
 
     sub.add_parser("models", help="list catalog models and what is cached")
+
+    config = sub.add_parser("config", help="print the effective configuration and where each value comes from")
+    add_model_args(config)
+    config.add_argument("--system", default=None, help="system prompt")
+    add_method_args(config, default_help="automatic")
+    add_sampling_args(config, temperature_help="temperature")
     return parser
+
+
+def add_method_args(parser: argparse.ArgumentParser, *, default_help: str) -> None:
+    from .runtime import METHODS
+
+    parser.add_argument("--method", default=None, choices=METHODS, help=f"decoding method (default: {default_help})")
+    parser.add_argument("--warm-pool", action=argparse.BooleanOptionalAction, default=None,
+                        help="load this model pair's phrase pool from the cache before, save it after (default: on)")
+    parser.add_argument("--warm", dest="warm_pool", action="store_const", const=True, help=argparse.SUPPRESS)
 
 
 def cmd_generate(args) -> int:
@@ -108,17 +156,19 @@ def cmd_generate(args) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     method = args.method or ("ouroboros" if args.draft else "ar")
+    sampling = sampling_params(args, default_temperature=0.0)
     with Runtime(args.model, args.draft, method=method, options=runtime_options(args)) as runtime:
         tokens = runtime.tokenize_prompt(prompt, chat=args.chat, system=args.system)
-        if args.warm:
+        warm = args.warm_pool and runtime.has_pool(method)
+        if warm:
             runtime.load_pool()
         last = None
-        for response in runtime.generate(tokens, max_tokens=args.max_tokens):
+        for response in runtime.generate(tokens, max_tokens=args.max_tokens, sampling=sampling):
             sys.stdout.write(response.text)
             sys.stdout.flush()
             last = response
         sys.stdout.write("\n")
-        if args.warm:
+        if warm:
             runtime.save_pool()
         print(format_stats(last, method), file=sys.stderr)
     return 0
@@ -160,10 +210,27 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from .chat import run_chat
+
+    return run_chat(args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    from .config import apply_to_namespace, cmd_config
+
+    warnings.formatwarning = lambda message, *_args, **_kw: f"ouroboros-lite: warning: {message}\n"
+
     args = setup_arg_parser().parse_args(argv)
-    commands = {"generate": cmd_generate, "pull": cmd_pull, "models": cmd_models}
+    commands = {"generate": cmd_generate, "chat": cmd_chat, "config": cmd_config, "pull": cmd_pull,
+                "models": cmd_models}
     try:
+        if args.command == "config":
+            return cmd_config(args)  # resolves the layers itself, to report their sources
+        if args.command not in ("pull", "models"):
+            apply_to_namespace(args)  # defaults < config file < environment < flags
         if args.command == "bench":
             from .bench import cmd_bench
 

@@ -121,6 +121,10 @@ class Runtime:
         """The phrase pool of the runtime's method (an empty one for methods without a pool)."""
         return self.pool_of(self.method)
 
+    def has_pool(self, method: str | None = None) -> bool:
+        """Whether the method learns phrases (worth loading and saving a pool for)."""
+        return hasattr(self.drafter_for(method or self.method), "pool")
+
     def pool_of(self, method: str) -> PhrasePool:
         drafter = self.drafter_for(method)
         if not hasattr(drafter, "pool"):

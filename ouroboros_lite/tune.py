@@ -3,8 +3,9 @@
 The rule: a batch is worth widening while it stays cheap next to one token. On a GPU 1-16 tokens
 cost about the same, so trees, draft guesses and a Jacobi window come almost for free; on a 2-core
 CPU an 8-token batch costs several single tokens, so they shrink to what pays. Quantized CUDA
-matmuls also fall off a cliff above 8 tokens per batch: the measured curve shows it, and the
-limits below then stop at 8.
+matmuls (MMVQ) fall off a cliff above 8 tokens per batch, which a coarse curve can miss between
+its points: with GPU offload of a quantized model the batches are capped at 8 tokens
+(CUDA_QUANTIZED_BATCH_CAP), whatever the curve says.
 
 The result is written next to the cost profile in the cache and used by generate/bench/chat for
 this model pair unless flags override it.
@@ -31,18 +32,37 @@ def tuning_path(target: Path, draft: Path | None) -> Path:
     return cache_dir() / "tuning" / f"{name}.json"
 
 
-def choose_params(profile: CostProfile, ngram: int) -> OuroborosParams:
+CUDA_QUANTIZED_BATCH_CAP = 8  # tokens per batch (root included) for quantized models offloaded to CUDA
+
+
+def choose_params(profile: CostProfile, ngram: int, *, target_cap: int | None = None,
+                  draft_cap: int | None = None) -> OuroborosParams:
+    """target_cap / draft_cap: the most tokens one batch of that model may hold (None: no cap)."""
     phrase = ngram - 1
     t1 = profile.target_step(1)
     max_nodes = max(k - 1 for k in profile.target if profile.target[k] <= TARGET_BUDGET * t1) if profile.target else 8
+    if target_cap is not None:
+        max_nodes = min(max_nodes, target_cap - 1)
     params = OuroborosParams(max_target_nodes=max(1, min(max_nodes, 47)))
     if profile.draft:
         d1 = profile.draft_step(1)
-        guesses = max(g for g in (0, 1, 2, 4) if g == 0 or profile.draft_step(1 + g * phrase) <= DRAFT_BUDGET * d1)
-        window = max(w for w in (0, 2, 4, 8)
-                     if w == 0 or profile.draft_step(1 + (w + guesses) * phrase) <= DRAFT_BUDGET * d1)
+
+        def fits(tokens: int) -> bool:
+            return profile.draft_step(tokens) <= DRAFT_BUDGET * d1 and (draft_cap is None or tokens <= draft_cap)
+
+        guesses = max(g for g in (0, 1, 2, 4) if g == 0 or fits(1 + g * phrase))
+        window = max(w for w in (0, 2, 4, 8) if w == 0 or fits(1 + (w + guesses) * phrase))
         params = replace(params, draft_guesses=guesses, window=window)
     return params
+
+
+def batch_cap(model, gpu_layers: int) -> int | None:
+    """The CUDA cliff applies to quantized weights offloaded to the GPU (Metal and CPU have none)."""
+    from .backend import gpu_backend
+
+    if gpu_layers != 0 and model.is_quantized and gpu_backend() == "cuda":
+        return CUDA_QUANTIZED_BATCH_CAP
+    return None
 
 
 def load_tuned(target: Path, draft: Path | None) -> OuroborosParams | None:
@@ -78,7 +98,8 @@ def cmd_tune(args) -> int:
         source = f"tune on this machine ({options.threads} threads): {runtime.target.path.name}" + (
             f" + {runtime.draft.path.name}" if runtime.draft else "")
         profile = CostProfile(source=source, target=target_curve, draft=draft_curve)
-        params = choose_params(profile, options.ngram)
+        params = choose_params(profile, options.ngram, target_cap=batch_cap(runtime.target, options.gpu_layers),
+                               draft_cap=batch_cap(runtime.draft, options.draft_gpu_layers) if runtime.draft else None)
         path = tuning_path(runtime.target.path, runtime.draft.path if runtime.draft else None)
     profile.save(path.with_suffix(".profile.json"))
     path.write_text(json.dumps({"params": asdict(params), "profile": str(path.with_suffix(".profile.json"))}, indent=2))

@@ -22,6 +22,7 @@ def test_bench_writes_table_json_png_and_projection(tmp_path, target_path, draft
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     done = run_cli("bench", "--target", str(target_path), "--draft", str(draft_path), "-t", "2",
                    "--methods", "ar,sd,pld,ouroboros-cold,ouroboros", "--limit", "2", "-n", "24",
+                   "--temperatures", "0,1.0",
                    "--json", str(out_json), "--png", str(out_png), "--project", str(profile))
     assert done.returncode == 0, done.stderr
     assert "PROJECTION (not measured)" in done.stdout and "typed in for the test" in done.stdout
@@ -30,6 +31,10 @@ def test_bench_writes_table_json_png_and_projection(tmp_path, target_path, draft
     assert methods == ["ar", "sd", "pld", "ouroboros-cold", "ouroboros"]
     assert all(row["mismatches"] == [] or isinstance(row["mismatches"], list) for row in data["all"])
     assert set(data["categories"]) == {"writing", "roleplay"}
+    assert set(data["by_temperature"]) == {"0", "1"}
+    sampled = {row["method"]: row for row in data["by_temperature"]["1"]}
+    assert sampled["pld"]["mismatches"] == []  # fixed drafts sample exactly what ar samples with the seed
+    assert "temperature 1 (exact = same text as ar, same seed)" in done.stdout
     assert data["projection"]["tps"]["ar"] > 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

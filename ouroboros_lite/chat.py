@@ -1,0 +1,194 @@
+"""`ouroboros-lite chat`: a terminal chat on an Engine, driven like llama.cpp's CLI.
+
+The input prompt is "> " at the start of a line (scripts wait for it). Replies stream token by
+token. Ctrl-C during a reply stops it and keeps what was said; Ctrl-C or Ctrl-D at the prompt
+exits. Turns reuse the KV cache; when the context fills, the oldest turns are dropped (the
+system prompt stays) and the user is told.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .backend import ChatMessage
+from .engine import Completion, Engine, trim_to_context
+from .errors import OuroborosError
+
+HELP = """commands:
+  /help          this list
+  /reset         forget the conversation (the system prompt stays)
+  /stats         speed and acceptance of the last reply
+  /save FILE     write the conversation to FILE as JSON
+  /system TEXT   set the system prompt (empty TEXT removes it)
+  /exit          leave (so do Ctrl-D and Ctrl-C at the prompt)
+Ctrl-C during a reply stops it."""
+
+COLOURS = {"draft": "\033[32m", "pool": "\033[34m", "window": "\033[34m"}  # green, blue; target plain
+RESET = "\033[0m"
+
+
+class ChatSession:
+    """The conversation and the commands; the Engine does the generating."""
+
+    def __init__(self, engine: Engine, *, system: str | None, max_tokens: int, show_drafts: bool, out=sys.stdout):
+        self.engine = engine
+        self.messages: list[ChatMessage] = [ChatMessage("system", system)] if system else []
+        self.max_tokens = max_tokens
+        self.show_drafts = show_drafts
+        self.out = out
+        self.last: Completion | None = None
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    # --- commands -----------------------------------------------------------------------------------
+    def command(self, line: str) -> bool:
+        """Run a slash command; False means leave."""
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if name in ("/exit", "/quit"):
+            return False
+        if name == "/help":
+            self.say(HELP)
+        elif name == "/reset":
+            self.messages = [m for m in self.messages if m.role == "system"]
+            self.engine.reset()
+            self.say("[conversation cleared]")
+        elif name == "/stats":
+            self.say(format_stats(self.last))
+        elif name == "/save":
+            if not arg:
+                self.say("usage: /save FILE")
+            else:
+                self.save(Path(arg).expanduser())
+        elif name == "/system":
+            self.messages = [m for m in self.messages if m.role != "system"]
+            if arg:
+                self.messages.insert(0, ChatMessage("system", arg))
+            self.say(f"[system prompt {'set' if arg else 'removed'}]")
+        else:
+            self.say(f"unknown command {name}; /help lists them")
+        return True
+
+    def save(self, path: Path) -> None:
+        runtime = self.engine.runtime
+        data = {
+            "model": str(runtime.target.path),
+            "draft": str(runtime.draft.path) if runtime.draft else None,
+            "method": self.engine.method,
+            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
+        }
+        try:
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        except OSError as exc:
+            self.say(f"could not save: {exc.strerror or exc}")
+            return
+        self.say(f"[saved {len(self.messages)} messages to {path}]")
+
+    # --- one turn -----------------------------------------------------------------------------------
+    def turn(self, text: str) -> None:
+        # From here on Ctrl-C cancels the reply (at the next decode step) instead of raising.
+        self.interrupted = False
+
+        def interrupt(*_):
+            self.interrupted = True
+            self.engine.cancel()
+
+        previous = signal.signal(signal.SIGINT, interrupt)
+        try:
+            self._turn(text)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _turn(self, text: str) -> None:
+        self.messages.append(ChatMessage("user", text))
+        reserve = min(self.max_tokens, self.engine.n_ctx // 2)
+        try:
+            dropped = trim_to_context(self.engine, self.messages, reserve)
+        except OuroborosError as exc:
+            self.messages.pop()
+            self.say(f"[{exc}]")
+            return
+        if dropped:
+            self.say(f"[context full: dropped the {dropped} oldest messages]")
+        if self.interrupted:  # Ctrl-C before the reply started
+            self.messages.pop()
+            self.say("[stopped]")
+            return
+        reply = []
+        stream = self.engine.chat(self.messages, max_tokens=self.max_tokens, stream=True, sources=True)
+        try:
+            for piece in stream:
+                reply.append(piece.text)
+                colour = COLOURS.get(piece.source) if self.show_drafts else None
+                self.out.write(f"{colour}{piece.text}{RESET}" if colour else piece.text)
+                self.out.flush()
+        finally:
+            stream.close()
+        self.last = self.engine.last
+        self.say()
+        if self.last is not None and self.last.finish_reason == "cancelled":
+            self.say("[stopped]")
+        elif self.last is not None and self.last.finish_reason == "length" and \
+                self.last.prompt_tokens + self.last.generation_tokens >= self.engine.n_ctx:
+            self.say("[context full: the reply was cut; older turns will be dropped next time]")
+        self.messages.append(ChatMessage("assistant", "".join(reply)))
+
+
+def format_stats(last: Completion | None) -> str:
+    if last is None:
+        return "no reply yet"
+    spec = last.spec
+    by_source = {s: last.sources.count(s) for s in ("draft", "pool", "window", "target")}
+    lines = [
+        f"reply: {last.generation_tokens} tokens at {last.tokens_per_second:.1f} tok/s ({last.finish_reason})",
+        f"prompt: {last.prompt_tokens} tokens, {last.cached_tokens} reused from the cache, "
+        f"{last.prompt_tokens - last.cached_tokens} decoded in {last.prompt_seconds:.2f} s",
+        f"acceptance: {spec.acceptance_rate:.0%} of {spec.drafted_tokens} drafted tokens; "
+        f"{spec.tokens_per_forward:.2f} tokens per target forward ({spec.target_forwards} forwards, "
+        f"{spec.draft_forwards} draft forwards)",
+        "proposed by: " + ", ".join(f"{k} {v}" for k, v in by_source.items() if v),
+    ]
+    return "\n".join(lines)
+
+
+def engine_from_args(args) -> Engine:
+    from .cli import runtime_options, sampling_params
+
+    options = runtime_options(args)
+    sampling = sampling_params(args, default_temperature=0.8)
+    kwargs = {f.name: getattr(options, f.name) for f in fields(options)}
+    kwargs.update({f.name: getattr(sampling, f.name) for f in fields(sampling)})
+    return Engine(args.model, args.draft, method=args.method or "ouroboros", warm_pool=args.warm_pool, **kwargs)
+
+
+def run_chat(args) -> int:
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    with engine_from_args(args) as engine:
+        runtime = engine.runtime
+        pair = runtime.target.path.name + (f" + draft {runtime.draft.path.name}" if runtime.draft else "")
+        print(f"ouroboros-lite chat: {pair}, method {engine.method}, temperature {engine.sampling.temperature:g}",
+              file=sys.stderr)
+        print("/help lists commands; Ctrl-C stops a reply; Ctrl-D or Ctrl-C at the prompt exits", file=sys.stderr)
+        session = ChatSession(engine, system=args.system, max_tokens=args.max_tokens, show_drafts=args.show_drafts)
+        while True:
+            try:
+                line = input("> ")
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stdout, flush=True)
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if not session.command(line):
+                    return 0
+                continue
+            session.turn(line)

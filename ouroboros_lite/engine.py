@@ -1,0 +1,264 @@
+"""The embeddable API: `Engine` for desktop apps and the chat REPL.
+
+    from ouroboros_lite import Engine
+
+    with Engine(target="smollm2-135m-instruct-q4_1", temperature=0.7) as engine:
+        for piece in engine.chat([{"role": "user", "content": "Hi!"}], max_tokens=64, stream=True):
+            print(piece, end="", flush=True)
+        print(engine.last.tokens_per_second)
+
+One Engine holds one model pair and one KV cache, so it serves one generation at a time: a second
+concurrent call gets EngineBusyError instead of corrupting the cache. `engine.cancel()` (from any
+thread) stops the running generation before its next decode step. Chat turns reuse the KV cache:
+a turn decodes only what its prompt adds to the previous one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import NamedTuple
+
+from .backend import ChatMessage
+from .errors import OuroborosError, PromptTooLongError
+from .generate import GenerationResponse, SpecStats
+from .runtime import Runtime, RuntimeOptions
+from .sampling import SamplingParams
+
+SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
+OPTION_FIELDS = {f.name for f in fields(RuntimeOptions)}
+
+
+class EngineBusyError(OuroborosError):
+    """A second generation was started on an Engine that is still generating."""
+
+
+class Piece(NamedTuple):
+    """A streamed piece of text and who proposed its token: "target", "draft" or "pool"."""
+
+    text: str
+    source: str
+
+
+class Stream:
+    """The iterator a streaming call returns; it holds the Engine's lock until exhausted or closed."""
+
+    def __init__(self, pieces: Iterator, release):
+        self._pieces, self._release, self._started = pieces, release, False
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self):
+        self._started = True
+        return next(self._pieces)
+
+    def close(self) -> None:
+        if not self._started:  # the generator never ran, so its `finally` will not release
+            self._started = True
+            self._release()
+        self._pieces.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What one generation produced, with its statistics."""
+
+    text: str
+    prompt_tokens: int  # the whole prompt
+    cached_tokens: int  # of which reused from the KV cache (earlier turns)
+    generation_tokens: int
+    prompt_seconds: float
+    generation_seconds: float
+    finish_reason: str  # "stop", "length" or "cancelled"
+    spec: SpecStats
+    sources: tuple[str, ...] = ()  # per generated token: "target", "draft" or "pool"
+
+    @property
+    def tokens_per_second(self) -> float:
+        n = self.generation_tokens - 1  # the first token comes with the prompt
+        return n / self.generation_seconds if n > 0 and self.generation_seconds > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.spec.acceptance_rate
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.spec.tokens_per_forward
+
+
+class Engine:
+    """A target (and optional draft) model ready to generate; a context manager that frees them.
+
+    options: any RuntimeOptions field (n_ctx, threads, gpu_layers, draft_gpu_layers, ...) and any
+    SamplingParams field (temperature, top_k, top_p, min_p, repeat_penalty, seed) as defaults for
+    every call; method: ar | sd | pld | lookahead | ouroboros (default: ouroboros, which runs its
+    draft-free mode without a draft); warm_pool: load the pair's phrase pool from the cache now and
+    save it on close."""
+
+    def __init__(self, target: str | Path | None = None, draft: str | Path | None = None, *,
+                 method: str | None = None, warm_pool: bool = False, **options):
+        unknown = set(options) - SAMPLING_FIELDS - OPTION_FIELDS
+        if unknown:
+            raise OuroborosError(f"unknown Engine option(s): {', '.join(sorted(unknown))}")
+        self.sampling = SamplingParams(**{k: v for k, v in options.items() if k in SAMPLING_FIELDS})
+        runtime_options = RuntimeOptions(**{k: v for k, v in options.items() if k in OPTION_FIELDS})
+        self.method = method or "ouroboros"
+        self.runtime = Runtime(target, draft, method=self.method, options=runtime_options)
+        self.warm_pool = warm_pool and self.runtime.has_pool()
+        if self.warm_pool:
+            self.runtime.load_pool()
+        self.last: Completion | None = None
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+
+    # --- generation ---------------------------------------------------------------------------------
+    def generate(self, prompt: str, *, max_tokens: int = 256, stream: bool = False, sources: bool = False,
+                 **sampling):
+        """Continue raw text (no chat template).
+
+        stream=False: a Completion. stream=True: a Stream of text pieces (Piece(text, source)
+        values with sources=True); `engine.last` holds the Completion so far."""
+        tokens = self.runtime.tokenize_prompt(prompt)
+        return self._start(tokens, max_tokens, stream, sources, sampling, reuse_cache=False)
+
+    def chat(self, messages: Sequence[dict | ChatMessage], *, max_tokens: int = 1024, stream: bool = False,
+             sources: bool = False, **sampling):
+        """Answer the last message of a conversation, with the model's chat template; as generate.
+
+        messages: {"role": ..., "content": ...} dicts or ChatMessage values. The KV cache keeps
+        the previous turn, so only the new part of the conversation is decoded."""
+        tokens = self.chat_tokens(messages)
+        return self._start(tokens, max_tokens, stream, sources, sampling, reuse_cache=True)
+
+    def chat_tokens(self, messages: Sequence[dict | ChatMessage]) -> list[int]:
+        turns = [m if isinstance(m, ChatMessage) else ChatMessage(m["role"], m["content"]) for m in messages]
+        text = self.runtime.target.apply_chat_template(turns)
+        return self.runtime.target.tokenize(text, add_special=True, parse_special=True)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.runtime.context.n_ctx
+
+    def cancel(self) -> None:
+        """Stop the running generation (thread-safe); it ends with finish_reason "cancelled"."""
+        self._cancel.set()
+
+    def reset(self) -> None:
+        """Forget the cached conversation (the phrase pool stays)."""
+        with self._guard():
+            self.runtime.verifier.reset()
+
+    def _start(self, tokens: list[int], max_tokens: int, stream: bool, sources: bool, sampling: dict, *,
+               reuse_cache: bool):
+        unknown = set(sampling) - SAMPLING_FIELDS
+        if unknown:
+            raise OuroborosError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+        params = replace(self.sampling, **sampling)
+        if not self._lock.acquire(blocking=False):
+            raise EngineBusyError("this Engine is already generating; wait for it, cancel it, or use a second Engine")
+        self._cancel.clear()
+        pieces = self._run(tokens, max_tokens, params, reuse_cache, sources)
+        if stream:
+            return Stream(pieces, self._lock.release)
+        for _ in pieces:
+            pass
+        return self.last
+
+    def _run(self, tokens, max_tokens, params, reuse_cache, with_sources) -> Iterator:
+        """Holds the lock from the call until the stream ends or is closed."""
+        responses = None
+        try:
+            responses = self.runtime.generate(tokens, max_tokens=max_tokens, sampling=params, reuse_cache=reuse_cache)
+            text, sources, last = [], [], None
+            for response in responses:
+                last = response
+                if response.token >= 0:
+                    sources.append(response.source)
+                text.append(response.text)
+                self.last = _completion(response, "".join(text), sources)
+                if response.text:
+                    yield Piece(response.text, response.source) if with_sources else response.text
+                if self._cancel.is_set() and response.finish_reason is None:
+                    self.last = replace(self.last, finish_reason="cancelled")
+                    break
+        finally:
+            if responses is not None:
+                responses.close()
+            self._lock.release()
+
+    def _guard(self):
+        if not self._lock.acquire(blocking=False):
+            raise EngineBusyError("this Engine is generating; cancel it first")
+        lock = self._lock
+
+        class _Held:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                lock.release()
+
+        return _Held()
+
+    # --- lifetime -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        runtime = getattr(self, "runtime", None)
+        if runtime is None:
+            return
+        if self.warm_pool:
+            try:
+                runtime.save_pool()
+            except OSError:
+                pass  # a read-only cache only costs the warm start
+        runtime.close()
+        self.runtime = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _completion(response: GenerationResponse, text: str, sources: list[str]) -> Completion:
+    return Completion(
+        text=text,
+        prompt_tokens=response.prompt_tokens,
+        cached_tokens=response.cached_tokens,
+        generation_tokens=response.generation_tokens,
+        prompt_seconds=response.prompt_seconds,
+        generation_seconds=response.generation_seconds,
+        finish_reason=response.finish_reason or "length",
+        spec=response.spec,
+        sources=tuple(sources),
+    )
+
+
+def trim_to_context(engine: Engine, messages: list[ChatMessage], reserve: int) -> int:
+    """Drop the oldest user/assistant turns (never the system prompt) until the prompt plus
+    `reserve` tokens fit the context. Returns how many messages were dropped; raises
+    PromptTooLongError if even the last message alone does not fit."""
+    dropped = 0
+    while len(engine.chat_tokens(messages)) + reserve > engine.n_ctx:
+        first = 1 if messages and messages[0].role == "system" else 0
+        if len(messages) - first <= 1:
+            raise PromptTooLongError(
+                f"the message is {len(engine.chat_tokens(messages))} tokens; with {reserve} for the reply it "
+                f"does not fit the context of {engine.n_ctx} (raise --ctx-size)")
+        del messages[first]
+        dropped += 1
+        if messages[first:] and messages[first].role == "assistant":
+            del messages[first]
+            dropped += 1
+    return dropped
+

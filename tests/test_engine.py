@@ -1,0 +1,116 @@
+"""The embeddable API: the README's example, cancellation from another thread, the busy lock, config layers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from ouroboros_lite import Engine, EngineBusyError, OuroborosError
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_the_readme_example_runs(draft_path):
+    example = re.search(r"### Python API\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    done = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert re.match(r"\d+ tokens, [\d.]+ tok/s, (stop|length)", lines[1])
+    cached, prompt = map(int, re.search(r"\((\d+) of (\d+) prompt tokens were cached\)", lines[-1]).groups())
+    assert 0 < cached < prompt
+
+
+@pytest.fixture(scope="module")
+def engine(draft_path):
+    with Engine(target=draft_path, threads=2, n_ctx=2048) as engine:
+        yield engine
+
+
+def test_cancel_from_another_thread_stops_within_a_step(engine):
+    stream = engine.generate("Once upon a time", max_tokens=400, stream=True)
+    first = next(stream)
+    assert first
+    counts = []
+
+    def consume():
+        for _ in stream:
+            counts.append(engine.last.generation_tokens)
+
+    worker = threading.Thread(target=consume)
+    engine.cancel()  # before the worker asks for the next step
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert engine.last.finish_reason == "cancelled"
+    # the cancel was seen before any further decode step: at most what the first step had emitted
+    assert engine.last.generation_tokens <= 1 + engine.runtime.verifier.max_nodes
+    assert engine.generate("Hello", max_tokens=4).generation_tokens == 4  # usable again
+
+
+def test_a_second_concurrent_call_gets_a_clear_error(engine):
+    stream = engine.generate("The river", max_tokens=64, stream=True)
+    next(stream)
+    with pytest.raises(EngineBusyError, match="already generating"):
+        engine.generate("Another", max_tokens=4)
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(_try(lambda: engine.chat(
+        [{"role": "user", "content": "hi"}], max_tokens=4))))
+    thread.start()
+    thread.join()
+    assert isinstance(errors[0], EngineBusyError)
+    stream.close()
+    assert engine.generate("Again", max_tokens=3).generation_tokens == 3
+    unused = engine.generate("Never iterated", max_tokens=3, stream=True)
+    unused.close()  # releases the lock although it never ran
+    assert engine.generate("Once more", max_tokens=2).finish_reason == "length"
+
+
+def _try(call):
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+    return None
+
+
+def test_chat_turns_reuse_the_cache_and_match_a_fresh_greedy_run(engine):
+    messages = [{"role": "user", "content": "Name a colour."}]
+    first = engine.chat(messages, max_tokens=16, temperature=0.0)
+    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "Another one?"}]
+    second = engine.chat(messages, max_tokens=16, temperature=0.0)
+    assert second.cached_tokens >= first.prompt_tokens
+    engine.reset()
+    fresh = engine.chat(messages, max_tokens=16, temperature=0.0)
+    assert fresh.cached_tokens == 0
+    assert fresh.text == second.text  # greedy: the reused cache changes nothing the user sees
+
+
+def test_bad_options_are_named(draft_path):
+    with pytest.raises(OuroborosError, match="unknown Engine option"):
+        Engine(target=draft_path, temprature=0.5)
+    with pytest.raises(OuroborosError, match="top-p"):
+        Engine(target=draft_path, top_p=2.0)
+
+
+def test_config_file_env_and_flags_layer_in_order(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('temperature = 0.3\ntop_k = 11\nthreads = 3\nmethod = "pld"\n')
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OUROBOROS_LITE_CONFIG": str(config),
+           "OUROBOROS_LITE_TOP_K": "22", "OUROBOROS_LITE_THREADS": "5"}
+    done = subprocess.run([sys.executable, "-m", "ouroboros_lite", "config", "--threads", "7"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert re.search(r"temperature\s+0\.3\s+config file", rows["temperature"])
+    assert re.search(r"top_k\s+22\s+environment OUROBOROS_LITE_TOP_K", rows["top_k"])
+    assert re.search(r"threads\s+7\s+command line", rows["threads"])
+    assert re.search(r"method\s+'?pld'?\s+config file", rows["method"])
+    assert re.search(r"top_p\s+0\.95\s+default", rows["top_p"])
+    bad = subprocess.run([sys.executable, "-m", "ouroboros_lite", "config"], capture_output=True, text=True,
+                         env={**env, "OUROBOROS_LITE_TOP_K": "many"}, timeout=60)
+    assert bad.returncode == 1 and "OUROBOROS_LITE_TOP_K" in bad.stderr and "Traceback" not in bad.stderr
