@@ -5,16 +5,18 @@ one child and descends, or emits one token drawn from what is left of p and stop
 both exact, chosen by what the children are:
 
 1. Fixed children (pool phrases, lookahead guesses, greedy drafts, and drafts a model sampled
-   with the *keyed* uniforms of sampling.Sampler: anything that is a function of the accepted
-   prefix and the seed): draw one token x = F_p^{-1}(u_t), where u_t depends only on (seed,
-   position t), and accept the child equal to x if there is one, else emit x. The emitted token
-   is F_p^{-1}(u_t) whatever was proposed, and u_t is independent of the prefix, so it is an
-   exact sample, and the output equals plain `ar` sampling with the same seed whatever the pool
-   holds. This is the one-sample-per-node rule of the Ouroboros maintainers; for fixed
-   children SpecInfer's recursive residuals (below, with q = a point mass) accept exactly as
-   often (sum of p over the children), so nothing is lost by using it. A draft that samples
-   its chain with the same keyed uniforms is accepted whenever its inverse-CDF draw from q
-   lands on the same token as the target's from p (coupled sampling), which is how the
+   with the *keyed* noise of sampling.Sampler: anything that is a function of the accepted
+   prefix and the seed): draw one token x = argmax_v(log p(v) + g_t(v)) (Gumbel-max, with noise
+   g_t that depends only on the seed, the position t and v), and accept the child equal to x if
+   there is one, else emit x. The emitted token is that draw whatever was proposed, and g_t is
+   independent of the prefix, so it is an exact sample of p, and the output equals plain `ar`
+   sampling with the same seed whatever the pool holds. This is the one-sample-per-node rule
+   of the Ouroboros maintainers; for fixed children SpecInfer's recursive residuals (below,
+   with q = a point mass) accept exactly as often (the sum of p over the children), so nothing
+   is lost by using it. A draft that samples its chain from its own q with the same noise
+   (Gumbel coupling) proposes the target's token whenever q is close enough to p that both
+   argmaxes agree, with probability at least (1 - TV) / (1 + TV) (Daliri et al. 2024, "coupling
+   without communication and drafter-invariant speculative decoding"); that is how the
    Ouroboros draft keeps its greedy machinery (lookahead, pool guesses) at temperature > 0.
 
 2. Children sampled from a draft distribution q with independent randomness (TokenTree.draft_probs;
@@ -26,9 +28,9 @@ both exact, chosen by what the children are:
            else p <- normalise(max(0, p - q_i))
        nothing accepted: emit a draw from the residual p
 
-   One sampled child is accepted with probability 1 - TV(p, q), the most any exact rule can
-   reach for an independent draft, above rule 1's coupling; the price is that the text then
-   depends on the draft's draws (still reproducible from the seed).
+   One sampled child is accepted with probability 1 - TV(p, q), the most any coupling of p and
+   q can agree, so at least rule 1's coupled draft; the price is that the text then depends on
+   the draft's draws (still reproducible from the seed), and a pool cannot take part.
 
    Fixed children must not depend on the draft's draws: never merge a sampled node into a
    fixed one (or drop a fixed one because a sampled node has its token). A duplicate token is

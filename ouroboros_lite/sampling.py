@@ -64,10 +64,12 @@ class Sampler:
     """The target distribution of one generation and the random numbers it draws with.
 
     Two kinds of draws:
-    - keyed: `draw(probs, position)` inverts the CDF at a uniform that depends only on (seed,
-      position). The token at position t is then a function of its distribution and u_t alone,
-      whoever proposed candidates for it, so the same seed gives the same text as plain `ar`
-      sampling (see acceptance.py, which relies on it).
+    - keyed: `draw(probs, position)` is the Gumbel-max draw argmax_v(log p(v) + g(v)), where the
+      noise g(v) is a fixed function of (seed, position, v). The token at position t is then a
+      function of its distribution and that noise alone, whoever proposed candidates for it, so
+      the same seed gives the same text as plain `ar` sampling (acceptance.py relies on it). A
+      draft that draws from its own q with the same noise picks the same token as the target
+      whenever q is close to p (Gumbel coupling), which is what makes its drafts acceptable.
     - sequential: `draw(probs)` and `uniform()` read the stream `stream` of the seed; a draft
       model sampling for chain speculative sampling uses a stream of its own (stream 1), so its
       draws are independent of the verifier's acceptance tests (stream 0)."""
@@ -98,10 +100,13 @@ class Sampler:
         return probs
 
     def draw(self, probs: np.ndarray, position: int | None = None) -> int:
-        """One token from a distribution (inverse CDF at one uniform; keyed by position if given)."""
-        u = self.rng.random() if position is None else self.keyed_uniform(position)
+        """One token from a distribution: keyed Gumbel-max at `position`, else the inverse CDF
+        at one uniform of the sequential stream."""
+        if position is not None:
+            ids = np.flatnonzero(probs)
+            return int(ids[np.argmax(np.log(probs[ids]) + keyed_gumbel(self.seed, position, ids))])
         cdf = np.cumsum(probs)
-        token = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+        token = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
         token = min(token, len(probs) - 1)
         while probs[token] <= 0:  # rounding at the top of the CDF: step back to a real token
             token -= 1
@@ -110,11 +115,24 @@ class Sampler:
     def uniform(self) -> float:
         return float(self.rng.random())
 
-    def keyed_uniform(self, position: int) -> float:
-        return float(np.random.default_rng([self.seed, _KEYED, position]).random())
+
+_GOLDEN, _MIX1, _MIX2, _SPREAD = (np.uint64(c) for c in (
+    0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93))
 
 
-_KEYED = 0x6B657965  # separates the keyed uniforms from the sequential streams
+def keyed_gumbel(seed: int, position: int, ids: np.ndarray) -> np.ndarray:
+    """Standard Gumbel noise for token ids at one position, a pure function of (seed, position, id).
+
+    Counter-based (SplitMix64's finaliser over a mix of the three), so only the ids a
+    distribution keeps are hashed: 40 with llama.cpp's default top-k, not the whole vocabulary."""
+    with np.errstate(over="ignore"):
+        z = (np.asarray(ids, dtype=np.uint64) * _SPREAD) ^ (np.uint64(seed) * _MIX1 + np.uint64(position) * _MIX2)
+        z = z + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+    u = ((z >> np.uint64(11)).astype(np.float64) + 0.5) / 9007199254740992.0  # 53 bits, in (0, 1)
+    return -np.log(-np.log(u))
 
 
 def _filter(x: np.ndarray, params: SamplingParams) -> np.ndarray:
