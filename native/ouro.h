@@ -96,7 +96,11 @@ int32_t ouro_tree_accept_greedy(const ouro_tree * tree, int32_t * path, int32_t 
                                 llama_token * next_token);
 
 /* Keep the root and the path ending at `last_node` (-1: the root alone) in sequence 0, drop
- * everything else the decode added, and clear every branch sequence. */
+ * everything else the decode added, and clear every branch sequence. A path on a branch
+ * (not sequence 0) is decoded again on sequence 0 rather than kept in place: with flash
+ * attention, kept branch cells change later logits (see ouro.c); this may return
+ * OURO_ERR_DECODE, after which the KV holds the prefix and the root only. The logits of the
+ * tree are not valid after a commit. */
 int32_t ouro_tree_commit(ouro_tree * tree, int32_t last_node);
 
 #ifdef __cplusplus

@@ -50,9 +50,6 @@ def test_draft_free_methods_match_greedy_on_gemma(gemma):
     print(f"\nGemma near-tie divergences per method (of {N_PROMPTS} prompts): {ties}")
 
 
-@pytest.mark.skip(reason="known defect, open: with W=3/G=4 the draft's lookahead emits a token at position 45 "
-                         "that its own greedy decoding ranks 0.15 logit lower (the target still verifies every "
-                         "token, so output stays exact; defaults use W=0, G=0)")
 def test_lookahead_on_the_draft_is_its_greedy_output_in_fewer_forwards(q4):
     """Phrase-level drafting returns exactly the draft's greedy tokens; a warm pool saves forwards."""
     prompt = q4.tokenize_prompt("Explain how a rainbow forms, step by step.", chat=True)
