@@ -167,6 +167,9 @@ def engine_from_args(args) -> Engine:
 
 
 def run_chat(args) -> int:
+    # Ctrl-C must reach the REPL even when started from a shell that ignores SIGINT for
+    # background jobs (the disposition is inherited, and Python keeps SIG_IGN if it finds it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
