@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .costs import CostProfile
@@ -132,6 +132,7 @@ def cmd_bench(args) -> int:
     prompts = load_prompts(prompts_path, args.limit)
     temperatures = parse_temperatures(args.temperatures)
     base_seed = args.seed if args.seed is not None and args.seed >= 0 else 1234
+    base_sampling = sampling_params(args, default_temperature=0.0)
     with Runtime(args.model, args.draft, method="ar", options=runtime_options(args)) as runtime:
         for method in methods:
             runtime.drafter_for(method)
@@ -142,8 +143,8 @@ def cmd_bench(args) -> int:
         per_category: dict[str, dict[str, MethodResult]] = {}
         for index, ((category, _), tokens) in enumerate(zip(prompts, encoded)):
             for temperature in temperatures:
-                args.temperature, args.seed = temperature, base_seed + index  # same seed for every method
-                sampling = sampling_params(args, default_temperature=temperature)
+                # one seed per prompt, the same for every method
+                sampling = replace(base_sampling, temperature=temperature, seed=base_seed + index)
                 tables = [all_totals[temperature]]
                 if temperature == temperatures[0]:
                     tables.append(per_category.setdefault(category, {}))

@@ -60,8 +60,7 @@ def sampling_params(args, *, default_temperature: float):
 
     temperature = default_temperature if args.temperature is None else args.temperature
     return SamplingParams(temperature=temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
-                          seed=None if args.seed is None or args.seed < 0 else args.seed)
+                          repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n, seed=args.seed)
 
 
 def runtime_options(args):
@@ -143,7 +142,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 
 
 def add_method_args(parser: argparse.ArgumentParser, *, default_help: str) -> None:
-    from .runtime import METHODS
+    from .config import METHODS
 
     parser.add_argument("--method", default=None, choices=METHODS, help=f"decoding method (default: {default_help})")
     parser.add_argument("--warm-pool", action=argparse.BooleanOptionalAction, default=None,

@@ -29,7 +29,7 @@ from .errors import OuroborosError
 
 CONFIG_ENV = "OUROBOROS_LITE_CONFIG"
 ENV_PREFIX = "OUROBOROS_LITE_"
-METHODS = ("ar", "sd", "pld", "lookahead", "ouroboros")
+METHODS = ("ar", "sd", "pld", "lookahead", "ouroboros")  # the decoding methods (runtime.py builds them)
 
 
 class Setting(NamedTuple):

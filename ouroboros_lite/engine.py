@@ -142,8 +142,7 @@ class Engine:
 
     def chat_tokens(self, messages: Sequence[dict | ChatMessage]) -> list[int]:
         turns = [m if isinstance(m, ChatMessage) else ChatMessage(m["role"], m["content"]) for m in messages]
-        text = self.runtime.target.apply_chat_template(turns)
-        return self.runtime.target.tokenize(text, add_special=True, parse_special=True)
+        return self.runtime.tokenize_chat(turns)
 
     @property
     def n_ctx(self) -> int:
@@ -155,8 +154,15 @@ class Engine:
 
     def reset(self) -> None:
         """Forget the cached conversation (the phrase pool stays)."""
-        with self._guard():
+        self._acquire("this Engine is generating; cancel it first")
+        try:
             self.runtime.verifier.reset()
+        finally:
+            self._lock.release()
+
+    def _acquire(self, busy_message: str) -> None:
+        if not self._lock.acquire(blocking=False):
+            raise EngineBusyError(busy_message)
 
     def _start(self, tokens: list[int], max_tokens: int, stream: bool, sources: bool, sampling: dict, *,
                reuse_cache: bool):
@@ -164,8 +170,7 @@ class Engine:
         if unknown:
             raise OuroborosError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
         params = replace(self.sampling, **sampling)
-        if not self._lock.acquire(blocking=False):
-            raise EngineBusyError("this Engine is already generating; wait for it, cancel it, or use a second Engine")
+        self._acquire("this Engine is already generating; wait for it, cancel it, or use a second Engine")
         self._cancel.clear()
         pieces = self._run(tokens, max_tokens, params, reuse_cache, sources)
         if stream:
@@ -195,20 +200,6 @@ class Engine:
             if responses is not None:
                 responses.close()
             self._lock.release()
-
-    def _guard(self):
-        if not self._lock.acquire(blocking=False):
-            raise EngineBusyError("this Engine is generating; cancel it first")
-        lock = self._lock
-
-        class _Held:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                lock.release()
-
-        return _Held()
 
     # --- lifetime -----------------------------------------------------------------------------------
     def close(self) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .backend import DEFAULT_THREADS, ChatMessage, Context, Model
 from .catalog import resolve_model
+from .config import METHODS
 from .drafters import NoDraft
 from .drafters.ouroboros import OuroborosParams
 from .pool import PhrasePool, default_pool_path
@@ -16,7 +17,6 @@ from .generate import GenerationResponse, stream_generate
 from .sampling import GREEDY, SamplingParams
 from .verify import TreeVerifier
 
-METHODS = ("ar", "sd", "pld", "lookahead", "ouroboros")
 
 
 @dataclass(frozen=True)
@@ -151,10 +151,14 @@ class Runtime:
 
     def tokenize_prompt(self, prompt: str, *, chat: bool = False, system: str | None = None) -> list[int]:
         if chat:
-            messages = ([ChatMessage("system", system)] if system else []) + [ChatMessage("user", prompt)]
-            text = self.target.apply_chat_template(messages)
-            return self.target.tokenize(text, add_special=True, parse_special=True)
+            system_turn = [ChatMessage("system", system)] if system else []
+            return self.tokenize_chat([*system_turn, ChatMessage("user", prompt)])
         return self.target.tokenize(prompt, add_special=True, parse_special=True)
+
+    def tokenize_chat(self, messages: list[ChatMessage]) -> list[int]:
+        """A conversation in the target's chat template, ready for its answer."""
+        text = self.target.apply_chat_template(messages)
+        return self.target.tokenize(text, add_special=True, parse_special=True)
 
     def generate(
         self,

@@ -48,6 +48,7 @@ class TreeVerifier:
         self._n_path = native.ffi.new("int32_t *")
         self._next = native.ffi.new("int32_t *")
         self.cached: list[int] = []  # the tokens sequence 0 of the KV cache holds, in order
+        self._decoded: tuple[int, TokenTree] = (-1, TokenTree())  # root and tree of the last decode
 
     def reset(self) -> None:
         """Empty the KV cache."""
@@ -92,12 +93,11 @@ class TreeVerifier:
     def decode(self, root: int, pos: int, tree: TokenTree) -> np.ndarray:
         """Run the tree through the target; returns the argmax after the root and every node."""
         n = len(tree)
-        del self.cached[pos:]
-        self._root = root
         code = native.lib.ouro_tree_decode(self._tree, root, pos, list(tree.tokens), list(tree.parents), n)
         if code == -8:
             native.check(code, f"llama_decode returned {native.lib.ouro_tree_last_decode_rc(self._tree)}")
         native.check(code)
+        self._decoded = (root, tree)
         buf = native.ffi.buffer(native.lib.ouro_tree_argmax(self._tree), 4 * (n + 1))
         return np.frombuffer(buf, dtype=np.int32).copy()
 
@@ -118,7 +118,11 @@ class TreeVerifier:
         return [self._path[i] for i in range(self._n_path[0])], int(self._next[0])
 
     def commit(self, last_node: int) -> None:
+        """Keep the root and the path to last_node (-1: the root alone) in the KV cache."""
         native.check(native.lib.ouro_tree_commit(self._tree, last_node))
+        root, tree = self._decoded
+        self.cached.append(root)
+        self.cached.extend(tree.tokens[i] for i in (tree.path_to(last_node) if last_node >= 0 else ()))
 
     def verify(self, root: int, pos: int, tree: TokenTree, sampler: Sampler | None = None,
                history: list[int] | None = None) -> Outcome:
@@ -150,8 +154,6 @@ class TreeVerifier:
 
     def _commit(self, tree: TokenTree, argmax: np.ndarray, path: list[int], next_token: int) -> Outcome:
         self.commit(path[-1] if path else -1)
-        self.cached.append(self._root)
-        self.cached.extend(tree.tokens[i] for i in path)
         return Outcome(
             tree=tree,
             accepted=tuple(path),

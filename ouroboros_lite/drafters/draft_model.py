@@ -1,8 +1,9 @@
 """Classic speculative decoding (`--method sd`): a small model drafts a greedy chain.
 
 The draft context is kept in step with the accepted text: after each verification it is rolled
-back to the accepted prefix (ouro_rollback), and the next proposal first feeds the tokens it has
-not seen (the rest of the accepted ones and the target's token).
+back to the accepted prefix, and the next proposal first feeds the tokens it has not seen (the
+rest of the accepted ones and the target's token). A TreeVerifier on the draft context does the
+chain decoding and keeps track of the cached tokens (only its chain calls are used).
 
 Draft length gamma adapts online, as HF's assisted generation does: +2 after a fully accepted
 draft, -1 after a rejection, within [1, max_draft].
@@ -16,11 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import native
 from ..backend import Context, Model
 from ..sampling import Sampler
 from ..tree import TokenTree
-from ..verify import Outcome
+from ..verify import Outcome, TreeVerifier
 
 
 class DraftModelDrafter:
@@ -30,49 +30,36 @@ class DraftModelDrafter:
         self.model = model
         self.context = Context(model, n_ctx=n_ctx, n_batch=options.n_batch, n_seq_max=1, threads=options.threads,
                                flash_attn=options.flash_attn, kv_type=options.kv_type)
-        self._ctx = native.context_pointer(self.context.handle)
+        self.verifier = TreeVerifier(self.context, max_nodes=0, max_paths=1)
         self.max_draft = max(1, options.max_draft)
         self.gamma = min(4, self.max_draft)
         self.draft_forwards = self.draft_tokens = 0
         self._n_cached = 0  # history tokens in the draft KV cache
-        self._kv: list[int] = []  # the tokens the draft KV cache holds
         self._sampler: Sampler | None = None
         self._drafted: list[int] = []
-        self._next = native.ffi.new("int32_t *")
-        self._rc = native.ffi.new("int32_t *")
 
     def begin(self, prompt: list[int], sampler: Sampler | None = None) -> None:
         """Prefill the draft with the prompt but its last token (the first root), reusing the
         prefix its KV cache already holds (earlier chat turns)."""
         self._sampler = None if sampler is None or sampler.params.plain_greedy else sampler
         self.gamma = min(4, self.max_draft)  # the same seed must give the same drafts, hence the same text
-        keep = 0
-        while keep < min(len(self._kv), len(prompt) - 1) and self._kv[keep] == prompt[keep]:
-            keep += 1
-        self._rollback(keep)
+        keep = self.verifier.reuse_prefix(prompt[:-1], leave_one=False)
         if len(prompt) - 1 > keep:
             self._decode(prompt[keep:-1], keep)
         self._n_cached = len(prompt) - 1
         self.draft_forwards = self.draft_tokens = 0  # count drafting only, not the prefill
 
     def _decode(self, tokens: list[int], pos: int) -> int:
-        code = native.lib.ouro_decode_chain(self._ctx, tokens, len(tokens), pos, 0, self._next, self._rc)
-        native.check(code, f"draft llama_decode returned {self._rc[0]}" if code == -8 else "")
-        self._kv[pos:] = tokens
         self.draft_forwards += 1
         self.draft_tokens += len(tokens)
-        return int(self._next[0])
-
-    def _rollback(self, keep: int) -> None:
-        native.lib.ouro_rollback(self._ctx, keep)
-        del self._kv[keep:]
+        return self.verifier.prefill(tokens, pos)
 
     def _next_token(self, greedy: int, history: list[int], drafted: list[int],
                     probs: dict[int, np.ndarray]) -> int:
         """The greedy token, or a sample from the draft's q (recorded for the verifier)."""
         if self._sampler is None:
             return greedy
-        q = self._sampler.probabilities(native_logits(self._ctx, self.model.n_vocab), [*history, *drafted])
+        q = self._sampler.probabilities(self.verifier.logits_last(), [*history, *drafted])
         token = self._sampler.draw(q)
         probs[len(drafted)] = q
         return token
@@ -101,7 +88,7 @@ class DraftModelDrafter:
         accepted = len(outcome.accepted)
         # The KV holds history + drafted[:-1]; keep history + the accepted drafts.
         keep = self._n_cached + min(accepted, len(self._drafted) - 1)
-        self._rollback(keep)
+        self.verifier.rollback(keep)
         self._n_cached = keep
         if accepted == len(self._drafted):
             self.gamma = min(self.max_draft, self.gamma + 2)
@@ -109,9 +96,5 @@ class DraftModelDrafter:
             self.gamma = max(1, self.gamma - 1)
 
     def close(self) -> None:
+        self.verifier.close()
         self.context.close()
-
-
-def native_logits(ctx, n_vocab: int) -> np.ndarray:
-    """The last decoded row of a context's logits, in place (llama.cpp owns the buffer)."""
-    return np.frombuffer(native.ffi.buffer(native.lib.ouro_logits_last(ctx), 4 * n_vocab), dtype=np.float32)
