@@ -36,8 +36,8 @@ def add_model_args(parser: argparse.ArgumentParser, *, target_flag: str = "--mod
     parser.add_argument("--draft-gpu-layers", type=int, default=None, help="draft layers to offload to the GPU (0)")
     hyper = parser.add_argument_group("speculation hyper-parameters (default: `ouroboros-lite tune` result, else built-in)")
     hyper.add_argument("--ngram", type=positive_int, default=None, help="N: pool phrases hold N-1 tokens (default 5)")
-    hyper.add_argument("--window", type=int, default=None, help="W: Jacobi window columns on the draft")
-    hyper.add_argument("--draft-guesses", type=int, default=None, help="G: pool phrases the draft verifies per forward")
+    hyper.add_argument("--window", type=int, default=None, help="W: Jacobi window columns on the draft (on the target without one)")
+    hyper.add_argument("--draft-guesses", type=int, default=None, help="G: pool phrases the draft (or, without one, the target) verifies per forward")
     hyper.add_argument("--candidates", type=int, default=None, help="K: pool phrases that lengthen the draft")
     hyper.add_argument("--max-target-nodes", type=positive_int, default=None, help="largest tree per target forward")
     hyper.add_argument("--max-draft", type=positive_int, default=None, help="longest draft chain (gamma's cap)")
@@ -84,6 +84,8 @@ def runtime_options(args):
     overrides = {"window": args.window, "draft_guesses": args.draft_guesses, "candidates": args.candidates,
                  "max_target_nodes": args.max_target_nodes, "max_draft_length": args.max_draft}
     params = replace(params, **{k: v for k, v in overrides.items() if v is not None})
+    if draft is None:  # draft-free mode: the window and the guesses run on the target itself
+        kwargs.update(target_window=args.window or 0, target_guesses=args.draft_guesses or 0)
     if any(v is not None and v < 0 for v in overrides.values()):
         raise OuroborosError("speculation hyper-parameters must not be negative")
     if args.threads is not None and args.threads <= 0 or args.ctx_size <= 0:

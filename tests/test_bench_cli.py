@@ -45,3 +45,27 @@ def test_tune_rule_widens_on_flat_curves_and_shrinks_on_steep_ones():
     wide, narrow = choose_params(flat, ngram=5), choose_params(steep, ngram=5)
     assert wide.max_target_nodes == 31 and wide.draft_guesses == 4 and wide.window >= 2
     assert narrow.max_target_nodes == 3 and narrow.draft_guesses == 0 and narrow.window == 0
+
+
+def test_divergence_gap_tells_a_near_tie_from_a_real_difference(pair):
+    """bench flags a text that left ar's at a near-tie as "ties", any other as "NO"."""
+    import numpy as np
+
+    from ouroboros_lite.bench import TIE_GAP, divergence_gap
+    from ouroboros_lite.sampling import GREEDY
+
+    from conftest import generate_ids
+
+    prompt = pair.tokenize_prompt("Name three colours.", chat=True)
+    reference = generate_ids(pair, prompt, 12, "ar")
+    i = 5
+    pair.verifier.reset()
+    pair.verifier.prefill(prompt + reference[:i], 0)
+    logits = pair.verifier.logits_last().copy()
+    ranked = np.argsort(-logits)
+    assert ranked[0] == reference[i]
+    runner_up, far = [*reference[:i], int(ranked[1])], [*reference[:i], int(ranked[-1])]
+    assert divergence_gap(pair, prompt, reference, runner_up, GREEDY) == \
+        abs(float(logits[ranked[0]]) - float(logits[ranked[1]]))
+    assert divergence_gap(pair, prompt, reference, far, GREEDY) > 10 * TIE_GAP
+    assert divergence_gap(pair, prompt, reference, reference[:i], GREEDY) is None  # stopped early: no token differs

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..ngram import ContextIndex
 from ..pool import PhrasePool
 from ..tree import TokenTree, TreeBuilder
 from ..verify import Outcome
@@ -95,7 +96,11 @@ class JacobiWindow:
 
 
 class LookaheadDrafter:
-    """Draft-free mode (`--method lookahead`): window and pool phrases verified on the target."""
+    """Draft-free mode (`--method lookahead`, and `ouroboros` without a draft model).
+
+    One target forward verifies: the context's own continuation (ContextIndex: what followed the
+    longest earlier occurrence of the last 2-6 tokens), then, where the context has none, up to
+    `guesses` pool phrases keyed by the root, and a Jacobi window of `window` columns."""
 
     name = "lookahead"
     draft_forwards = 0
@@ -107,17 +112,22 @@ class LookaheadDrafter:
         self.guesses = guesses
         self.max_nodes = max_nodes
         self.harvester = PhraseHarvester(pool)
+        self.context = ContextIndex()
         self._placement = WindowPlacement()
 
     def begin(self, prompt: list[int], sampler=None) -> None:
         self.window.reset(prompt)
         self.harvester.restart()
+        self.context.reset()
 
     def propose(self, history: list[int], budget: int) -> TokenTree:
         self.harvester.feed(history)  # the prompt and the output so far: target-quality phrases
+        self.context.sync(history)
         builder = TreeBuilder(min(budget, self.max_nodes))
         root = history[-1]
-        for phrase in self.pool.recent(root, self.guesses):
+        copied, _ = self.context.continuation(history, max_length=self.max_nodes)
+        builder.add(copied, "pool")
+        for phrase in self.pool.recent(root, 0 if copied else self.guesses):
             builder.add(phrase, "pool")
         self._placement = self.window.place(builder, root)
         return builder.build()

@@ -1,26 +1,16 @@
 """Prompt-lookup decoding (`--method pld`): drafts copied from the context itself.
 
-The last n tokens (n = max_ngram down to 1) are searched for earlier in the prompt and output; the
-tokens that followed the most recent earlier occurrence become the draft chain. Costs no model
-forward, so it wins on text that repeats its context (summaries, code edits, RAG answers).
+The longest n-gram (2 <= n <= 6) ending the context that occurred earlier in the prompt or output
+is found in a ContextIndex; the tokens that followed its most recent occurrence become the draft
+chain. Costs no model forward, so it wins on text that repeats its context (summaries, code edits,
+RAG answers), and proposes nothing where the context has no such match.
 """
 
 from __future__ import annotations
 
+from ..ngram import ContextIndex
 from ..tree import TokenTree
 from ..verify import Outcome
-
-
-def lookup_continuation(history: list[int], max_ngram: int, length: int) -> list[int]:
-    """Tokens that followed the most recent earlier occurrence of history's last n-gram."""
-    for n in range(min(max_ngram, len(history) - 1), 0, -1):
-        tail = history[-n:]
-        for start in range(len(history) - n - 1, -1, -1):
-            if history[start:start + n] == tail:
-                follow = history[start + n:start + n + length]
-                if follow:
-                    return follow
-    return []
 
 
 class PromptLookupDrafter:
@@ -28,15 +18,16 @@ class PromptLookupDrafter:
     draft_forwards = 0
     draft_tokens = 0
 
-    def __init__(self, *, max_ngram: int = 3, draft_length: int = 8):
-        self.max_ngram = max_ngram
+    def __init__(self, *, min_ngram: int = 2, max_ngram: int = 6, draft_length: int = 8):
+        self.index = ContextIndex(min_ngram, max_ngram)
         self.draft_length = draft_length
 
     def begin(self, prompt: list[int], sampler=None) -> None:
-        pass
+        self.index.reset()
 
     def propose(self, history: list[int], budget: int) -> TokenTree:
-        draft = lookup_continuation(history, self.max_ngram, min(self.draft_length, budget))
+        self.index.sync(history)
+        draft, _ = self.index.continuation(history, max_length=min(self.draft_length, budget))
         return TokenTree(tuple(draft), tuple(range(-1, len(draft) - 1)), ("pool",) * len(draft))
 
     def observe(self, outcome: Outcome) -> None:
