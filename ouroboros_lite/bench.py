@@ -132,17 +132,29 @@ TIE_GAP = 0.05
 def divergence_gap(runtime, prompt: list[int], reference: list[int], generated: list[int], sampling) -> float | None:
     """How close the call was where a method first left ar's text: the gap between the two
     tokens' scores (logits when greedy; log-probability plus the keyed noise of the draw when
-    sampling), scored after the common prefix in one batch. None: no token differs (a length)."""
-    from .sampling import Sampler, keyed_gumbel, resolve_seed
-
+    sampling) after the common prefix. The prefix is decoded two ways, in one batch and in chunks
+    of 8 as trees see it; 0 when the two rank the tokens differently, else the smaller gap.
+    None: no token differs (one text is only shorter)."""
     i = next((k for k, (a, b) in enumerate(zip(reference, generated)) if a != b), None)
     if i is None:
         return None
     history = prompt + reference[:i]
-    runtime.verifier.reset()
-    runtime.verifier.prefill(history, 0)
-    logits = runtime.verifier.logits_last()
     pair = np.array([reference[i], generated[i]])
+    gaps = [_score_gap(runtime, history, len(prompt), chunk, pair, sampling) for chunk in (len(history), 8)]
+    if any(g is None for g in gaps):
+        return None
+    return 0.0 if gaps[0] * gaps[1] < 0 else min(abs(g) for g in gaps)
+
+
+def _score_gap(runtime, history: list[int], n_prompt: int, chunk: int, pair: np.ndarray, sampling) -> float | None:
+    from .sampling import Sampler, keyed_gumbel, resolve_seed
+
+    verifier = runtime.verifier
+    verifier.reset()
+    verifier.prefill(history[:n_prompt], 0)
+    for start in range(n_prompt, len(history), chunk):
+        verifier.prefill(history[start:start + chunk], start)
+    logits = verifier.logits_last()
     if sampling.plain_greedy:
         scores = logits[pair].astype(np.float64)
     else:
@@ -151,7 +163,7 @@ def divergence_gap(runtime, prompt: list[int], reference: list[int], generated: 
             scores = np.log(Sampler(sampling, seed).probabilities(logits, history)[pair])
         if not sampling.greedy:
             scores = scores + keyed_gumbel(seed, len(history), pair)
-    gap = abs(float(scores[0] - scores[1]))
+    gap = float(scores[0] - scores[1])
     return gap if np.isfinite(gap) else None
 
 

@@ -65,7 +65,7 @@ def test_divergence_gap_tells_a_near_tie_from_a_real_difference(pair):
     ranked = np.argsort(-logits)
     assert ranked[0] == reference[i]
     runner_up, far = [*reference[:i], int(ranked[1])], [*reference[:i], int(ranked[-1])]
-    assert divergence_gap(pair, prompt, reference, runner_up, GREEDY) == \
-        abs(float(logits[ranked[0]]) - float(logits[ranked[1]]))
+    top_gap = float(logits[ranked[0]]) - float(logits[ranked[1]])
+    assert abs(divergence_gap(pair, prompt, reference, runner_up, GREEDY) - top_gap) < 1e-3  # two batchings
     assert divergence_gap(pair, prompt, reference, far, GREEDY) > 10 * TIE_GAP
     assert divergence_gap(pair, prompt, reference, reference[:i], GREEDY) is None  # stopped early: no token differs
