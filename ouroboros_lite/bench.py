@@ -129,6 +129,11 @@ def run_method(runtime, tokens: list[int], method: str, max_tokens: int, samplin
 TIE_GAP = 0.05
 
 
+def has_exact_flag(method: str, temperature: float) -> bool:
+    """Whether the method's text must equal ar's: not sd's when sampling, which depends on its draft's draws."""
+    return temperature <= 0 or method.removesuffix("-cold") != "sd"
+
+
 def divergence_gap(runtime, prompt: list[int], reference: list[int], generated: list[int], sampling) -> float | None:
     """How close the call was where a method first left ar's text: the gap between the two
     tokens' scores (logits when greedy; log-probability plus the keyed noise of the draw when
@@ -199,13 +204,14 @@ def cmd_bench(args) -> int:
                 reference = None
                 for method in methods:
                     generated, last = run_method(runtime, tokens, method, args.max_tokens, sampling)
+                    differs = reference is not None and generated != reference
                     gap = None
-                    if reference is not None and generated != reference:
+                    if differs and has_exact_flag(method, temperature):
                         gap = divergence_gap(runtime, tokens, reference, generated, sampling)
                     for table in tables:
                         result = table.setdefault(method, MethodResult(method))
                         result.add(len(generated), last)
-                        if reference is not None and generated != reference:
+                        if differs:
                             result.mismatches.append(index)
                             if gap is not None and gap < TIE_GAP:
                                 result.near_ties.append(index)
@@ -215,10 +221,10 @@ def cmd_bench(args) -> int:
     print(f"{len(prompts)} prompts x {args.max_tokens} tokens, {args.threads or 'default'} threads")
     for category, table in per_category.items():
         print(f"\n[{category}]{temperature_label(temperatures[0])}")
-        print_table(table)
+        print_table(table, temperatures[0])
     for temperature, table in all_totals.items():
         print(f"\n[all]{temperature_label(temperature)}")
-        print_table(table, sampled=temperature > 0)
+        print_table(table, temperature)
     if profile is not None:
         print_projection(totals, profile)
     if args.json:
@@ -244,8 +250,7 @@ def temperature_label(temperature: float) -> str:
     return " greedy" if temperature <= 0 else f" temperature {temperature:g} (exact = same text as ar, same seed)"
 
 
-def print_table(results: dict[str, MethodResult], sampled: bool = False) -> None:
-    """sampled: at temperature > 0, sd's text depends on its draft's draws, so it has no exact flag."""
+def print_table(results: dict[str, MethodResult], temperature: float = 0.0) -> None:
     base = results["ar"].tps if "ar" in results else 0.0
     print(f"{'method':16s} {'tok/s':>7s} {'speed-up':>9s} {'accept':>7s} {'tok/fwd':>8s} {'dft fwd/tok':>12s} "
           f"{'pool tok':>8s}  exact")
@@ -253,7 +258,7 @@ def print_table(results: dict[str, MethodResult], sampled: bool = False) -> None
         acceptance = f"{r.accepted / r.drafted:.0%}" if r.drafted else "-"
         real = [m for m in r.mismatches if m not in r.near_ties]
         exact = f"NO {real}" if real else (f"ties {r.near_ties}" if r.near_ties else "yes")
-        if sampled and r.method.removesuffix("-cold") == "sd":
+        if not has_exact_flag(r.method, temperature):
             exact = "- (sampled draft)"
         print(f"{r.method:16s} {r.tps:7.1f} {r.tps / base if base else 0:8.2f}x {acceptance:>7s} "
               f"{r.tokens_per_forward:8.2f} {r.draft_forwards_per_token:12.2f} {r.accepted_from_pool:8d}  {exact}")

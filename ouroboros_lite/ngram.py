@@ -30,7 +30,7 @@ class ContextIndex:
     def sync(self, tokens: list[int]) -> None:
         """Index `tokens`, which extends what was indexed before (otherwise start over)."""
         known = len(self.tokens)
-        if len(tokens) < known or tokens[known - 1:known] != self.tokens[known - 1:known]:
+        if tokens[:known] != self.tokens:
             self.reset()
             known = 0
         self.tokens.extend(tokens[known:])

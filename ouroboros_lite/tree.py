@@ -20,6 +20,11 @@ class TokenTree:
     # Nodes not listed are fixed by the prefix (pool phrases, greedy drafts); see acceptance.py.
     draft_probs: dict = field(default_factory=dict, compare=False, repr=False)
 
+    @classmethod
+    def chain(cls, tokens, source: str, draft_probs: dict | None = None) -> TokenTree:
+        """A single path below the root: each token is the child of the one before it."""
+        return cls(tuple(tokens), tuple(range(-1, len(tokens) - 1)), (source,) * len(tokens), draft_probs or {})
+
     def __len__(self) -> int:
         return len(self.tokens)
 

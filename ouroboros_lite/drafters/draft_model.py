@@ -79,8 +79,7 @@ class DraftModelDrafter:
             token = self._next_token(greedy, history, drafted, probs)
             drafted.append(token)
         self._drafted = drafted
-        return TokenTree(tuple(drafted), tuple(range(-1, len(drafted) - 1)), ("draft",) * len(drafted),
-                         draft_probs=probs)
+        return TokenTree.chain(drafted, "draft", draft_probs=probs)
 
     def observe(self, outcome: Outcome) -> None:
         if not self._drafted:

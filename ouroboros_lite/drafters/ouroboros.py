@@ -67,7 +67,7 @@ class OuroborosDrafter:
         draft_nodes = max(1, params.window * pool.phrase_length + params.draft_guesses * pool.phrase_length)
         self.verifier = TreeVerifier(self.context, max_nodes=draft_nodes, max_paths=paths)
         self.harvester = PhraseHarvester(pool)
-        self.context_index = ContextIndex(min_n=max(1, params.copy_match or 1), max_n=max(6, params.copy_match))
+        self.context_index = ContextIndex(min_n=max(1, params.copy_match), max_n=max(6, params.copy_match))
         self.draft_forwards = self.draft_tokens = 0
         self._n_cached = 0
         self._history_length = 0
@@ -139,7 +139,7 @@ class OuroborosDrafter:
             self.context_index.sync(history)
             copied, _ = self.context_index.continuation(history, max_length=budget)
             if copied:  # the draft catches up on what the target accepts in one batch, next cycle
-                return TokenTree(tuple(copied), tuple(range(-1, len(copied) - 1)), ("pool",) * len(copied))
+                return TokenTree.chain(copied, "pool")
         drafted = self._draft(history, min(self.gamma, budget))[:budget]
         builder = TreeBuilder(budget)
         chain = builder.add(drafted, "draft")

@@ -28,7 +28,7 @@ class PromptLookupDrafter:
     def propose(self, history: list[int], budget: int) -> TokenTree:
         self.index.sync(history)
         draft, _ = self.index.continuation(history, max_length=min(self.draft_length, budget))
-        return TokenTree(tuple(draft), tuple(range(-1, len(draft) - 1)), ("pool",) * len(draft))
+        return TokenTree.chain(draft, "pool")
 
     def observe(self, outcome: Outcome) -> None:
         pass
