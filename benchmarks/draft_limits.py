@@ -24,6 +24,7 @@ Four measurements on the model pair (by default the test pair: F32 target, Q4_1 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import llama_cpp
@@ -32,6 +33,7 @@ import numpy as np
 from ouroboros_lite.backend import Context
 from ouroboros_lite.bench import default_prompts, load_prompts
 from ouroboros_lite.costs import CostProfile, measure_curve
+from ouroboros_lite.errors import OuroborosError
 from ouroboros_lite.runtime import Runtime, RuntimeOptions
 from ouroboros_lite.tree import TokenTree
 from ouroboros_lite.verify import TreeVerifier
@@ -104,25 +106,23 @@ def main() -> None:
         draft_context = Context(runtime.draft, n_ctx=runtime.context.n_ctx, n_batch=64, n_seq_max=1,
                                 threads=args.threads)
         draft = TreeVerifier(draft_context, max_nodes=63, max_paths=1)
-        target = TreeVerifier(runtime.context, max_nodes=63, max_paths=1)
+        target = runtime.verifier
+        prompts = [runtime.tokenize_prompt(text, chat=True) for _, text in load_prompts(default_prompts(), args.limit)]
         match, confidence, outputs = [], [], []
-        for _, text in load_prompts(default_prompts(), args.limit):
-            prompt = runtime.tokenize_prompt(text, chat=True)
+        for prompt in prompts:
             output = [r.token for r in runtime.generate(prompt, max_tokens=args.n, method="ar") if r.token >= 0]
             target_argmax, _ = teacher_forced(target, prompt, output)
-            runtime.verifier.reset()  # the target's KV no longer holds what runtime.verifier cached
             draft_argmax, draft_top = teacher_forced(draft, prompt, output)
             match.append(target_argmax == draft_argmax)
             confidence.append(draft_top)
             outputs.extend(output)
-        prefix = runtime.tokenize_prompt(load_prompts(default_prompts(), 1)[0][1], chat=True)
+        prefix = prompts[0]
         heads = {"target": head_share(target, prefix), "draft": head_share(draft, prefix)}
         curve = measure_curve(target, prefix, sizes=(1, 2, 4, 8, 12, 16), repeats=9)
         target_curve = {k: 1e3 * seconds for k, seconds in curve.items()}
         draft_ms = 1e3 * measure_curve(draft, prefix, sizes=(1,), repeats=15)[1]
         n_vocab = runtime.draft.n_vocab
         draft.close()
-        target.close()
         draft_context.close()
 
     match, confidence = np.concatenate(match), np.concatenate(confidence)
@@ -152,4 +152,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OuroborosError as exc:
+        sys.exit(f"error: {exc}")

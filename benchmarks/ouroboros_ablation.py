@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 
 from ouroboros_lite.bench import default_prompts, load_prompts
 from ouroboros_lite.drafters.ouroboros import OuroborosDrafter, OuroborosParams
+from ouroboros_lite.errors import OuroborosError
 from ouroboros_lite.generate import stream_generate
 from ouroboros_lite.pool import PhrasePool
 from ouroboros_lite.runtime import Runtime, RuntimeOptions
@@ -32,7 +34,10 @@ def main() -> None:
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=0.0)
     args = parser.parse_args()
-    variants = {name: replace(OuroborosParams(), **fields) for name, fields in json.loads(args.variants).items()}
+    try:
+        variants = {name: replace(OuroborosParams(), **fields) for name, fields in json.loads(args.variants).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        parser.error(f"variants must be a JSON object of OuroborosParams fields: {exc}")
 
     options = RuntimeOptions(threads=args.threads)
     with Runtime(args.target, args.draft, options=options) as runtime:
@@ -62,4 +67,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OuroborosError as exc:
+        sys.exit(f"error: {exc}")
