@@ -13,6 +13,7 @@ import time
 
 from llama_cpp import Llama
 
+from ouroboros_lite.backend import apply_repack_to_llama_cpp_python
 from ouroboros_lite.bench import default_prompts, load_prompts
 from ouroboros_lite.catalog import pull
 from ouroboros_lite.runtime import Runtime, RuntimeOptions
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=128)
     parser.add_argument("-t", "--threads", type=int, default=2)
     args = parser.parse_args()
+    apply_repack_to_llama_cpp_python("auto")  # Llama would crash where ggml's AMX path is active
     prompts = [p for _, p in load_prompts(default_prompts(), args.prompts)]
     print(f"{'model':34s} {'ours tok/s':>10s} {'Llama tok/s':>12s} {'ratio':>6s} same tokens")
     for name in args.models.split(","):

@@ -53,6 +53,7 @@ llama_memory_t llama_get_memory(const struct llama_context * ctx);
 bool      llama_memory_seq_rm  (llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1);
 void      llama_memory_seq_cp  (llama_memory_t mem, llama_seq_id src, llama_seq_id dst, llama_pos p0, llama_pos p1);
 void      llama_memory_seq_keep(llama_memory_t mem, llama_seq_id seq_id);
+llama_pos llama_memory_seq_pos_min(llama_memory_t mem, llama_seq_id seq_id);  /* -1: empty */
 llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq_id);
 
 #endif

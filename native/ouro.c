@@ -2,6 +2,7 @@
 #include "ouro.h"
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,6 +48,9 @@ int32_t ouro_n_vocab(const struct llama_context * ctx) {
 }
 
 int32_t ouro_argmax(const float * values, int32_t n) {
+    if (values == NULL || n <= 0) {
+        return OURO_ERR_ARGUMENT;
+    }
     int32_t best = 0;
     for (int32_t i = 1; i < n; i++) {
         if (values[i] > values[best]) {
@@ -56,20 +60,54 @@ int32_t ouro_argmax(const float * values, int32_t n) {
     return best;
 }
 
+/* KV cells the context's sequences hold, a cell shared by several sequences counted once per
+ * sequence: exact while only sequence 0 holds cells, an upper bound otherwise. A sequence holds
+ * every position between its min and max (llama.h), one cell each in the batches we build. */
+static int64_t cells_in_use(const struct llama_context * ctx) {
+    llama_memory_t mem   = llama_get_memory(ctx);
+    const int64_t  n_seq = (int64_t) llama_n_seq_max(ctx);
+    int64_t        used  = 0;
+    for (llama_seq_id s = 0; s < n_seq; s++) {
+        const llama_pos last = llama_memory_seq_pos_max(mem, s);
+        if (last >= 0) {
+            used += (int64_t) last - llama_memory_seq_pos_min(mem, s) + 1;
+        }
+    }
+    return used;
+}
+
+/* Whether n_new more cells fit in the (unified) KV cache of n_ctx cells. */
+static int fits_in_cache(const struct llama_context * ctx, int64_t n_new) {
+    return cells_in_use(ctx) + n_new <= (int64_t) llama_n_ctx(ctx);
+}
+
+/* Keep positions < pos of sequence 0 and nothing else. llama.cpp answers false when it cannot
+ * remove part of a sequence (recurrent memory): OURO_ERR_ROLLBACK. */
+static int32_t keep_trunk_before(llama_memory_t mem, llama_pos pos) {
+    const int removed = llama_memory_seq_rm(mem, -1, pos, -1);
+    llama_memory_seq_keep(mem, 0);
+    return removed ? OURO_OK : OURO_ERR_ROLLBACK;
+}
+
 int32_t ouro_decode_chain(struct llama_context * ctx, const llama_token * tokens, int32_t n,
                           llama_pos pos0, llama_seq_id seq, llama_token * argmax_last,
                           int32_t * llama_rc) {
-    if (ctx == NULL || tokens == NULL || n <= 0 || seq < 0) {
+    if (ctx == NULL || tokens == NULL || n <= 0 || seq < 0 || (uint32_t) seq >= llama_n_seq_max(ctx) ||
+        pos0 < 0) {
         return OURO_ERR_ARGUMENT;
+    }
+    llama_memory_t mem = llama_get_memory(ctx);
+    if (pos0 != llama_memory_seq_pos_max(mem, seq) + 1) {
+        return OURO_ERR_BAD_POSITION;
+    }
+    if ((int64_t) pos0 + n > (int64_t) llama_n_ctx(ctx) || !fits_in_cache(ctx, n)) {
+        return OURO_ERR_CONTEXT_FULL;
     }
     const int32_t n_vocab = ouro_n_vocab(ctx);
     for (int32_t i = 0; i < n; i++) {
         if (tokens[i] < 0 || tokens[i] >= n_vocab) {
             return OURO_ERR_BAD_TOKEN;
         }
-    }
-    if ((int64_t) pos0 + n > (int64_t) llama_n_ctx(ctx)) {
-        return OURO_ERR_CONTEXT_FULL;
     }
     const int32_t chunk = (int32_t) llama_n_batch(ctx);
     const int32_t cap = n < chunk ? n : chunk;
@@ -105,9 +143,17 @@ int32_t ouro_decode_chain(struct llama_context * ctx, const llama_token * tokens
         }
     }
     if (argmax_last) {
-        *argmax_last = ouro_argmax(llama_get_logits_ith(ctx, -1), n_vocab);
+        const float * last = llama_get_logits_ith(ctx, -1);
+        if (last == NULL) {
+            status = OURO_ERR_NO_LOGITS;
+            goto done;
+        }
+        *argmax_last = ouro_argmax(last, n_vocab);
     }
 done:
+    if (status != OURO_OK) {
+        llama_memory_seq_rm(mem, seq, pos0, -1);  /* earlier chunks, and what a fatal rc left */
+    }
     free(token); free(pos); free(n_seq_id); free(seq_ptr); free(logits);
     return status;
 }
@@ -116,12 +162,24 @@ float * ouro_logits_last(struct llama_context * ctx) {
     return llama_get_logits_ith(ctx, -1);
 }
 
-void ouro_rollback(struct llama_context * ctx, llama_pos pos) {
-    llama_memory_seq_rm(llama_get_memory(ctx), -1, pos, -1);
+int32_t ouro_rollback(struct llama_context * ctx, llama_pos pos) {
+    if (ctx == NULL || pos < 0) {
+        return OURO_ERR_ARGUMENT;
+    }
+    llama_memory_t mem = llama_get_memory(ctx);
+    if (pos > llama_memory_seq_pos_max(mem, 0) + 1) {
+        return OURO_ERR_BAD_POSITION;
+    }
+    return keep_trunk_before(mem, pos);
 }
 
 ouro_tree * ouro_tree_init(struct llama_context * ctx, int32_t max_nodes, int32_t max_paths) {
-    if (ctx == NULL || max_nodes < 0 || max_paths < 1) {
+    if (ctx == NULL || max_nodes < 0 || (int64_t) max_nodes >= (int64_t) llama_n_batch(ctx) ||
+        max_paths < 1 || (uint32_t) max_paths > llama_n_seq_max(ctx)) {
+        return NULL;
+    }
+    const size_t e = (size_t) max_nodes + 1;
+    if ((size_t) max_paths > SIZE_MAX / sizeof(llama_seq_id) / e) {
         return NULL;
     }
     ouro_tree * t = calloc(1, sizeof(ouro_tree));
@@ -129,10 +187,9 @@ ouro_tree * ouro_tree_init(struct llama_context * ctx, int32_t max_nodes, int32_
         return NULL;
     }
     t->ctx         = ctx;
-    t->max_entries = max_nodes + 1;
+    t->max_entries = (int32_t) e;
     t->max_paths   = max_paths;
     t->n_vocab     = ouro_n_vocab(ctx);
-    const size_t e = (size_t) t->max_entries;
     t->token     = malloc(sizeof(llama_token) * e);
     t->pos       = malloc(sizeof(llama_pos) * e);
     t->n_seq_id  = malloc(sizeof(int32_t) * e);
@@ -164,10 +221,10 @@ void ouro_tree_free(ouro_tree * t) {
 /* Checks everything llama_decode would reject (or abort on) and fills the batch arrays. */
 static int32_t tree_build(ouro_tree * t, llama_token root, llama_pos pos_root,
                           const llama_token * tokens, const int32_t * parents, int32_t n_nodes) {
-    const int32_t n_entries = n_nodes + 1;
-    if (n_entries > t->max_entries || n_entries > (int32_t) llama_n_batch(t->ctx)) {
+    if (n_nodes >= t->max_entries || (int64_t) n_nodes >= (int64_t) llama_n_batch(t->ctx)) {
         return OURO_ERR_TOO_MANY_NODES;
     }
+    const int32_t n_entries = n_nodes + 1;
     if (root < 0 || root >= t->n_vocab) {
         return OURO_ERR_BAD_TOKEN;
     }
@@ -222,52 +279,81 @@ static int32_t tree_build(ouro_tree * t, llama_token root, llama_pos pos_root,
     return OURO_OK;
 }
 
-int32_t ouro_tree_decode(ouro_tree * t, llama_token root, llama_pos pos_root,
-                         const llama_token * tokens, const int32_t * parents, int32_t n_nodes) {
-    if (t == NULL || n_nodes < 0 || (n_nodes > 0 && (tokens == NULL || parents == NULL))) {
+/* The argmax of every entry's logits; OURO_ERR_NO_LOGITS if llama.cpp has no row for one. */
+static int32_t tree_argmaxes(ouro_tree * t) {
+    for (int32_t i = 0; i < t->n_entries; i++) {
+        const float * row = llama_get_logits_ith(t->ctx, i);
+        if (row == NULL) {
+            return OURO_ERR_NO_LOGITS;
+        }
+        t->argmax[i] = ouro_argmax(row, t->n_vocab);
+    }
+    return OURO_OK;
+}
+
+int32_t ouro_tree_discard(ouro_tree * t) {
+    if (t == NULL) {
         return OURO_ERR_ARGUMENT;
     }
+    if (!t->decoded) {
+        return OURO_OK;
+    }
     t->decoded = 0;
+    return keep_trunk_before(llama_get_memory(t->ctx), t->pos_root);
+}
+
+int32_t ouro_tree_decode(ouro_tree * t, llama_token root, llama_pos pos_root,
+                         const llama_token * tokens, int32_t n_tokens,
+                         const int32_t * parents, int32_t n_parents) {
+    if (t == NULL || n_tokens < 0 || n_parents != n_tokens ||
+        (n_tokens > 0 && (tokens == NULL || parents == NULL))) {
+        return OURO_ERR_ARGUMENT;
+    }
+    const int32_t rc_discard = ouro_tree_discard(t);
+    if (rc_discard != OURO_OK) {
+        return rc_discard;
+    }
     llama_memory_t mem = llama_get_memory(t->ctx);
     if (pos_root != llama_memory_seq_pos_max(mem, 0) + 1) {
         return OURO_ERR_BAD_POSITION;
     }
-    const int32_t rc_build = tree_build(t, root, pos_root, tokens, parents, n_nodes);
+    const int32_t rc_build = tree_build(t, root, pos_root, tokens, parents, n_tokens);
     if (rc_build != OURO_OK) {
         return rc_build;
     }
-    /* Each branch path starts as a fresh copy of the trunk, so coupled sequences agree. */
+    /* Branch sequences are cleared, then each branch path starts as a fresh copy of the trunk
+     * (coupled sequences must agree); the copies share the trunk's cells. */
+    llama_memory_seq_keep(mem, 0);
+    if (!fits_in_cache(t->ctx, t->n_entries)) {
+        return OURO_ERR_CONTEXT_FULL;
+    }
     for (llama_seq_id s = 1; s < t->n_paths; s++) {
-        llama_memory_seq_rm(mem, s, -1, -1);
         llama_memory_seq_cp(mem, 0, s, -1, -1);
     }
     llama_batch batch = { t->n_entries, t->token, NULL, t->pos, t->n_seq_id, t->seq_id, t->logits };
     t->last_decode_rc = llama_decode(t->ctx, batch);
-    if (t->last_decode_rc != 0) {
-        /* rc < -1 may leave processed ubatches behind: drop them and the branch copies. */
-        llama_memory_seq_rm(mem, -1, pos_root, -1);
-        llama_memory_seq_keep(mem, 0);
-        return OURO_ERR_DECODE;
-    }
-    for (int32_t i = 0; i < t->n_entries; i++) {
-        t->argmax[i] = ouro_argmax(llama_get_logits_ith(t->ctx, i), t->n_vocab);
+    /* rc < -1 may leave processed ubatches behind: a failure drops them and the branch copies. */
+    const int32_t status = t->last_decode_rc != 0 ? OURO_ERR_DECODE : tree_argmaxes(t);
+    if (status != OURO_OK) {
+        keep_trunk_before(mem, pos_root);
+        return status;
     }
     t->decoded = 1;
     return OURO_OK;
 }
 
-const llama_token * ouro_tree_argmax(const ouro_tree * t) { return t->argmax; }
+const llama_token * ouro_tree_argmax(const ouro_tree * t) { return t == NULL ? NULL : t->argmax; }
 
 float * ouro_tree_logits(ouro_tree * t, int32_t entry) {
-    if (!t->decoded || entry < 0 || entry >= t->n_entries) {
+    if (t == NULL || !t->decoded || entry < 0 || entry >= t->n_entries) {
         return NULL;
     }
     return llama_get_logits_ith(t->ctx, entry);
 }
 
-int32_t ouro_tree_n_paths(const ouro_tree * t) { return t->n_paths; }
+int32_t ouro_tree_n_paths(const ouro_tree * t) { return t == NULL ? 0 : t->n_paths; }
 
-int32_t ouro_tree_last_decode_rc(const ouro_tree * t) { return t->last_decode_rc; }
+int32_t ouro_tree_last_decode_rc(const ouro_tree * t) { return t == NULL ? 0 : t->last_decode_rc; }
 
 int32_t ouro_tree_accept_greedy(const ouro_tree * t, int32_t * path, int32_t * n_path,
                                 llama_token * next_token) {
@@ -302,7 +388,7 @@ int32_t ouro_tree_commit(ouro_tree * t, int32_t last_node) {
     if (t == NULL) {
         return OURO_ERR_ARGUMENT;
     }
-    if (!t->decoded || last_node < -1 || last_node + 1 >= t->n_entries) {
+    if (!t->decoded || last_node < -1 || last_node >= t->n_entries - 1) {
         return OURO_ERR_STATE;
     }
     llama_memory_t mem = llama_get_memory(t->ctx);
@@ -311,9 +397,7 @@ int32_t ouro_tree_commit(ouro_tree * t, int32_t last_node) {
     t->decoded = 0;
     if (keep == 0) {
         /* the accepted path is on the trunk: drop everything after it and every branch */
-        llama_memory_seq_rm(mem, -1, t->pos[entry] + 1, -1);
-        llama_memory_seq_keep(mem, 0);
-        return OURO_OK;
+        return keep_trunk_before(mem, t->pos[entry] + 1);
     }
     /* The accepted path is a branch. Keeping its cells (seq_keep + seq_cp to 0) is what the
      * metadata needs, but with flash attention later tokens then attend to them slightly
@@ -325,8 +409,10 @@ int32_t ouro_tree_commit(ouro_tree * t, int32_t last_node) {
     for (int32_t a = entry; a > 0; a = t->parent[a]) {
         n++;
     }
-    llama_memory_seq_rm(mem, -1, t->pos_root + 1, -1);
-    llama_memory_seq_keep(mem, 0);
+    const int32_t rc_drop = keep_trunk_before(mem, t->pos_root + 1);
+    if (rc_drop != OURO_OK) {
+        return rc_drop;
+    }
     llama_token path[n > 0 ? n : 1];
     for (int32_t a = entry, i = n - 1; a > 0; a = t->parent[a], i--) {
         path[i] = t->token[a];
@@ -335,7 +421,7 @@ int32_t ouro_tree_commit(ouro_tree * t, int32_t last_node) {
     const int32_t status = ouro_decode_chain(t->ctx, path, n, t->pos_root + 1, 0, NULL, &rc);
     if (status != OURO_OK) {
         t->last_decode_rc = rc;
-        llama_memory_seq_rm(mem, -1, t->pos_root + 1, -1);
+        keep_trunk_before(mem, t->pos_root);  /* as before the decode: the prefix only */
         return status;
     }
     return OURO_OK;

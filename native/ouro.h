@@ -30,21 +30,24 @@
 extern "C" {
 #endif
 
-#define OURO_ABI_VERSION 1
+#define OURO_ABI_VERSION 2
 
-/* Return codes. Every error is reported before llama_decode runs, except OURO_ERR_DECODE, and
- * leaves the context as it was (sequence 0 unchanged, branch sequences cleared). */
+/* Return codes. Every error is reported before llama_decode runs, except OURO_ERR_DECODE and
+ * OURO_ERR_NO_LOGITS, and every error leaves the context as it was before the call (sequence 0
+ * unchanged, branch sequences cleared). Every size and index is range-checked here. */
 #define OURO_OK                  0
-#define OURO_ERR_ARGUMENT       -1  /* NULL pointer or negative count                         */
+#define OURO_ERR_ARGUMENT       -1  /* NULL pointer, count out of range, arrays of unequal length */
 #define OURO_ERR_TOO_MANY_NODES -2  /* root + nodes > n_batch of the context or tree capacity */
 #define OURO_ERR_TOO_MANY_PATHS -3  /* leaves > n_seq_max of the context or tree capacity     */
 #define OURO_ERR_BAD_PARENT     -4  /* parent not in [-1, i): out of range, forward or cycle  */
 #define OURO_ERR_BAD_TOKEN      -5  /* token id not in [0, n_vocab)                           */
-#define OURO_ERR_BAD_POSITION   -6  /* root position is not the end of sequence 0 + 1         */
-#define OURO_ERR_CONTEXT_FULL   -7  /* the deepest node would not fit in n_ctx                */
+#define OURO_ERR_BAD_POSITION   -6  /* position is not the end of the sequence + 1 (rollback: past it) */
+#define OURO_ERR_CONTEXT_FULL   -7  /* the deepest node, or the KV cells the batch needs, exceed n_ctx */
 #define OURO_ERR_DECODE         -8  /* llama_decode failed; see ouro_tree_last_decode_rc      */
 #define OURO_ERR_NO_MEMORY      -9
 #define OURO_ERR_STATE         -10  /* accept/commit without a decoded tree, or bad node index */
+#define OURO_ERR_ROLLBACK      -11  /* llama.cpp could not remove part of a sequence (recurrent) */
+#define OURO_ERR_NO_LOGITS     -12  /* llama.cpp returned no logits for a batch entry         */
 
 typedef struct ouro_tree ouro_tree;
 
@@ -55,32 +58,45 @@ int32_t ouro_abi_version(void);
 /* n_vocab of the context's model, read through llama.h. */
 int32_t ouro_n_vocab(const struct llama_context * ctx);
 
-/* Index of the largest value (the first one on ties), as llama.cpp's greedy sampler picks. */
+/* Index of the largest value (the first one on ties), as llama.cpp's greedy sampler picks;
+ * OURO_ERR_ARGUMENT for NULL or n <= 0. */
 int32_t ouro_argmax(const float * values, int32_t n);
 
-/* Decode tokens[0..n) as a chain on sequence `seq` at positions pos0.., in chunks of n_batch.
- * Only the last token gets logits; its argmax is written to *argmax_last (may be NULL).
- * Returns OURO_OK or an error code; on OURO_ERR_DECODE *llama_rc (may be NULL) is set. */
+/* Decode tokens[0..n) as a chain on sequence `seq` (< n_seq_max) at positions pos0.., in chunks
+ * of n_batch; pos0 must be the end of the sequence + 1 and the chain must fit in the KV cells
+ * left. Only the last token gets logits; its argmax is written to *argmax_last (may be NULL).
+ * Returns OURO_OK or an error code; on OURO_ERR_DECODE *llama_rc (may be NULL) is set. On any
+ * error no token of the chain stays in the KV cache (earlier chunks are removed again). */
 int32_t ouro_decode_chain(struct llama_context * ctx, const llama_token * tokens, int32_t n,
                           llama_pos pos0, llama_seq_id seq, llama_token * argmax_last,
                           int32_t * llama_rc);
 
-/* Logits of the last entry of the last decode (n_vocab floats owned by llama.cpp). */
+/* Logits of the last entry of the last decode (n_vocab floats owned by llama.cpp), or NULL. */
 float * ouro_logits_last(struct llama_context * ctx);
 
-/* Remove positions >= pos from every sequence (roll back rejected tokens). */
-void    ouro_rollback(struct llama_context * ctx, llama_pos pos);
+/* Keep positions < pos of sequence 0, clear every other sequence (roll back rejected tokens).
+ * pos must be in [0, end of sequence 0 + 1]: OURO_ERR_ARGUMENT below, OURO_ERR_BAD_POSITION
+ * above; OURO_ERR_ROLLBACK when llama.cpp cannot remove the tail (llama_memory_seq_rm false). */
+int32_t ouro_rollback(struct llama_context * ctx, llama_pos pos);
 
-/* A reusable tree verifier for one context; capacities bound every later call. */
+/* A reusable tree verifier for one context; capacities bound every later call. NULL when out
+ * of memory or out of range: max_nodes in [0, n_batch), max_paths in [1, n_seq_max]. */
 ouro_tree * ouro_tree_init(struct llama_context * ctx, int32_t max_nodes, int32_t max_paths);
 void        ouro_tree_free(ouro_tree * tree);
 
 /* Validate the tree, prepare branch sequences, decode it in one batch and compute every node's
  * greedy argmax. root: the last accepted token, not yet in the KV cache, at position pos_root.
- * tokens/parents: n_nodes nodes (n_nodes may be 0: a plain one-token step); parents[i] is -1
- * for a child of the root, else an index < i. */
+ * tokens/parents: n_tokens nodes (0: a plain one-token step) and n_parents parents, which
+ * must be equal; parents[i] is -1 for a child of the root, else an index < i. The tree must fit
+ * by depth (pos_root + depth < n_ctx) and by KV cells (cells in use + 1 + n_tokens <= n_ctx).
+ * A tree still uncommitted from the last decode is discarded first. */
 int32_t ouro_tree_decode(ouro_tree * tree, llama_token root, llama_pos pos_root,
-                         const llama_token * tokens, const int32_t * parents, int32_t n_nodes);
+                         const llama_token * tokens, int32_t n_tokens,
+                         const int32_t * parents, int32_t n_parents);
+
+/* Drop the uncommitted tree of the last decode (root included) from the KV cache and clear the
+ * branch sequences; the context is as before that decode. OURO_OK if there is none. */
+int32_t ouro_tree_discard(ouro_tree * tree);
 
 /* After a successful decode: per batch entry argmax (entry 0 = root, entry i+1 = node i), and
  * the logits row of one entry (n_vocab floats, owned by llama.cpp, valid until the next decode). */
@@ -99,8 +115,9 @@ int32_t ouro_tree_accept_greedy(const ouro_tree * tree, int32_t * path, int32_t 
  * everything else the decode added, and clear every branch sequence. A path on a branch
  * (not sequence 0) is decoded again on sequence 0 rather than kept in place: with flash
  * attention, kept branch cells change later logits (see ouro.c); this may return
- * OURO_ERR_DECODE, after which the KV holds the prefix and the root only. The logits of the
- * tree are not valid after a commit. */
+ * OURO_ERR_DECODE, after which the KV holds the prefix only, as before the decode. A node
+ * index out of range is OURO_ERR_STATE and leaves the tree decoded (commit it again). The
+ * logits of the tree are not valid after a commit. */
 int32_t ouro_tree_commit(ouro_tree * tree, int32_t last_node);
 
 #ifdef __cplusplus

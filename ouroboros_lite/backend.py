@@ -8,19 +8,31 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
+import signal
+import sys
 import threading
 import warnings
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
 
+from .config import REPACK_SETTINGS
+from . import gguf_meta
 from .errors import ModelFileError, OuroborosError
 
 GGUF_MAGIC = b"GGUF"
 KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}
-DEFAULT_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+DEFAULT_THREADS = max(1, min(8, available_cores()))
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -33,6 +45,27 @@ def _log_callback(level, text, user_data):  # noqa: ARG001
     _log_lines.append(message)
     if os.environ.get("OUROBOROS_LITE_VERBOSE"):
         os.write(2, message.encode("utf-8", errors="replace"))
+
+
+@contextmanager
+def deferred_interrupt():
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt.
+
+    While llama.cpp works (loading a model), Python code runs only in `_log_callback`; a
+    KeyboardInterrupt raised there cannot unwind through C, so ctypes prints "Exception ignored"
+    and drops it. Only Python's own handler in the main thread is replaced; others are left alone."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _ensure_backend() -> None:
@@ -55,6 +88,58 @@ def _last_log_error() -> str:
 
 class GpuUnavailableWarning(UserWarning):
     pass
+
+
+_repack_reported = False
+
+
+def system_info() -> str:
+    """llama.cpp's feature string: "CPU : SSE3 = 1 | ... | AMX_INT8 = 1 | ..." for this build on this CPU."""
+    _ensure_backend()
+    return llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
+def amx_active(info: str) -> bool:
+    """Whether ggml's AMX weight buffer is in use: the build has it and the CPU offers it."""
+    return "AMX_INT8 = 1" in info
+
+
+def use_extra_buffers(info: str, repack: str = "auto") -> bool:
+    """llama_model_params.use_extra_bufts for a repack setting ("auto", "on", "off").
+
+    The extra buffer types are ggml's weight repacking for the CPU: it speeds Q4_0/Q4_K on AVX2 and
+    ARM, but where the AMX buffer is active every batch of 2+ tokens segfaults inside
+    ggml_backend_amx_mul_mat (llama.cpp #20824), so "auto" turns it off exactly there, like
+    llama.cpp's --no-repack."""
+    if repack not in REPACK_SETTINGS:
+        raise OuroborosError(f"repack must be one of {', '.join(REPACK_SETTINGS)}; got {repack!r}")
+    if repack == "auto":
+        return not amx_active(info)
+    return repack == "on"
+
+
+def apply_repack_to_llama_cpp_python(repack: str = "auto") -> None:
+    """Make llama-cpp-python's own `Llama` (benchmarks and test references; we never use it) load
+    with our repack decision: it has no parameter for use_extra_bufts and crashes where AMX is active."""
+    current = llama_cpp.llama_cpp.llama_model_default_params  # what llama_cpp.Llama calls
+    defaults = getattr(current, "__wrapped__", current)
+    extra_buffers = use_extra_buffers(system_info(), repack)
+
+    def model_params():
+        params = defaults()
+        params.use_extra_bufts = extra_buffers
+        return params
+
+    model_params.__wrapped__ = defaults
+    llama_cpp.llama_cpp.llama_model_default_params = model_params
+
+
+def _report_repack_choice(info: str, repack: str) -> None:
+    global _repack_reported
+    if repack == "auto" and amx_active(info) and not _repack_reported and os.environ.get("OUROBOROS_LITE_VERBOSE"):
+        _repack_reported = True
+        print("ouroboros-lite: this CPU uses ggml's AMX kernels, which crash on batched decoding; "
+              "loading models without weight repacking (--no-repack; --repack forces it)", file=sys.stderr)
 
 
 def gpu_backend() -> str | None:
@@ -81,6 +166,7 @@ def check_gguf_file(path: str | os.PathLike) -> Path:
         raise ModelFileError(f"not a GGUF file: {p}")
     if len(head) < 8:
         raise ModelFileError(f"truncated GGUF file: {p}")
+    gguf_meta.check(p)  # values llama.cpp's loader would abort the process on
     return p
 
 
@@ -93,7 +179,7 @@ class ChatMessage:
 class Model:
     """A GGUF model loaded by llama.cpp, with its tokenizer and chat template."""
 
-    def __init__(self, path: str | os.PathLike, *, gpu_layers: int = 0):
+    def __init__(self, path: str | os.PathLike, *, gpu_layers: int = 0, repack: str = "auto"):
         self.path = check_gguf_file(path)
         _ensure_backend()
         if gpu_layers != 0 and gpu_backend() is None:
@@ -102,6 +188,9 @@ class Model:
                           stacklevel=2)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = gpu_layers
+        info = system_info()
+        params.use_extra_bufts = use_extra_buffers(info, repack)
+        _report_repack_choice(info, repack)
         _log_lines.clear()
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
@@ -157,7 +246,7 @@ class Model:
 
     # --- tokens ---------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
+        data = utf8(text)
         capacity = len(data) + 8
         while True:
             buf = (llama_cpp.llama_token * capacity)()
@@ -202,7 +291,7 @@ class Model:
         template = llama_cpp.llama_model_chat_template(self._model, None)
         if not template:
             raise OuroborosError(f"{self.path.name} has no chat template in its GGUF metadata")
-        keep = [(m.role.encode(), m.content.encode()) for m in messages]
+        keep = [(utf8(m.role, "a message role"), utf8(m.content, "a message")) for m in messages]
         chat = (llama_cpp.llama_chat_message * len(keep))()
         for i, (role, content) in enumerate(keep):
             chat[i].role = role
@@ -214,7 +303,7 @@ class Model:
                 template, chat, len(keep), add_generation_prompt, buf, capacity
             )
             if n < 0:
-                return _jinja_chat(template.decode("utf-8"), messages, add_generation_prompt, self)
+                return _jinja_chat(template.decode("utf-8", errors="replace"), messages, add_generation_prompt, self)
             if n <= capacity:
                 return buf.raw[:n].decode("utf-8", errors="replace")
             capacity = n
@@ -235,13 +324,33 @@ def _jinja_chat(template: str, messages: list[ChatMessage], add_generation_promp
 
     bos = model.token_bytes(model.bos, special=True).decode("utf-8", "replace") if model.bos >= 0 else ""
     eos = model.token_bytes(model.eos, special=True).decode("utf-8", "replace") if model.eos >= 0 else ""
-    return env.from_string(template).render(
-        messages=[{"role": m.role, "content": m.content} for m in messages],
-        add_generation_prompt=add_generation_prompt,
-        bos_token=bos,
-        eos_token=eos,
-        raise_exception=raise_exception,
-    )
+    try:
+        return env.from_string(template).render(
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos,
+            eos_token=eos,
+            raise_exception=raise_exception,
+        )
+    except OuroborosError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a template is code from the file: syntax errors, bad filters, ...
+        raise OuroborosError(f"{model.path.name} has a broken chat template ({type(exc).__name__}: {exc}); "
+                             "use another model (or generate without --chat)") from None
+
+
+def utf8(text: str, what: str = "the text") -> bytes:
+    """`text` as UTF-8 bytes; an OuroborosError for a non-string or a string that is not valid Unicode."""
+    if not isinstance(text, str):
+        raise OuroborosError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = ord(text[exc.start])  # surrogateescape maps an undecodable byte b to U+DC00 + b
+        kind = f"invalid UTF-8 byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else \
+            f"a lone surrogate U+{char:04X}"
+        raise OuroborosError(f"{what} is not valid Unicode: {kind} at character {exc.start}; "
+                             "pass valid UTF-8 text") from None
 
 
 class Context:
@@ -262,6 +371,8 @@ class Context:
             raise OuroborosError(f"unknown KV cache type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
         if n_ctx <= 0 or n_batch <= 0 or n_seq_max <= 0 or threads <= 0:
             raise OuroborosError("n_ctx, n_batch, n_seq_max and threads must be positive")
+        # llama.cpp clamps n_batch to n_ctx, then aborts (GGML_ASSERT n_outputs_max) below n_seq_max
+        n_ctx, n_batch = max(n_ctx, n_seq_max), max(n_batch, n_seq_max)
         self.model = model
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx

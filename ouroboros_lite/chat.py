@@ -9,6 +9,8 @@ system prompt stays) and the user is told.
 from __future__ import annotations
 
 import json
+import os
+import select
 import signal
 import sys
 from dataclasses import fields
@@ -22,9 +24,11 @@ HELP = """commands:
   /help          this list
   /reset         forget the conversation (the system prompt stays)
   /stats         speed and acceptance of the last reply
-  /save FILE     write the conversation to FILE as JSON
+  /save FILE     write the conversation to FILE as JSON (not over an existing file)
+  /save! FILE    the same, replacing FILE if it exists
   /system TEXT   set the system prompt (empty TEXT removes it)
   /exit          leave (so do Ctrl-D and Ctrl-C at the prompt)
+  \"\"\"            begin a message of several lines (pasted text); a line ending in \"\"\" ends it
 Ctrl-C during a reply stops it."""
 
 COLOURS = {"draft": "\033[32m", "pool": "\033[34m", "window": "\033[34m"}  # green, blue; target plain
@@ -41,6 +45,46 @@ class ChatSession:
         self.show_drafts = show_drafts
         self.out = out
         self.last: Completion | None = None
+        self.typed_ahead: list[str] = []  # lines typed during a reply: the next inputs
+        self.ended = False  # Ctrl-D came during a reply: leave once it is done
+
+    # --- input ----------------------------------------------------------------------------------------
+    def read_message(self) -> str:
+        """One line, or the lines between \"\"\" marks joined by newlines (pasted text); EOFError at the end."""
+        line = self.read_line("> ")
+        if not line.lstrip().startswith('"""'):
+            return line
+        lines = [line.lstrip()[3:]]
+        while not lines[-1].rstrip().endswith('"""'):
+            try:
+                lines.append(self.read_line("... "))
+            except EOFError:  # the end of input closes the block; the chat ends after its reply
+                self.ended = True
+                break
+        text = "\n".join(lines).rstrip()
+        return text[:-3] if text.endswith('"""') else text
+
+    def read_line(self, prompt: str) -> str:
+        if self.typed_ahead:
+            line = self.typed_ahead.pop(0)
+            self.say(prompt + line)
+            return line
+        if self.ended:
+            raise EOFError
+        return input(prompt)
+
+    def poll_input(self) -> None:
+        """While a reply streams, read what the terminal has for us: Ctrl-D (an empty read) would
+        otherwise be lost, and lines typed ahead are kept for later. Terminals only: a pipe is
+        read by input() alone, whose buffer must not be bypassed."""
+        stdin = sys.stdin
+        if stdin is None or not stdin.isatty():
+            return
+        while not self.ended and select.select([stdin], [], [], 0)[0]:
+            data = os.read(stdin.fileno(), 4096)
+            if not data:
+                self.ended = True
+            self.typed_ahead += data.decode("utf-8", errors="replace").splitlines()
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -60,11 +104,11 @@ class ChatSession:
             self.say("[conversation cleared]")
         elif name == "/stats":
             self.say(format_stats(self.last))
-        elif name == "/save":
+        elif name in ("/save", "/save!"):
             if not arg:
-                self.say("usage: /save FILE")
+                self.say("usage: /save FILE (/save! FILE replaces an existing file)")
             else:
-                self.save(Path(arg).expanduser())
+                self.save(Path(arg).expanduser(), replace=name == "/save!")
         elif name == "/system":
             self.messages = [m for m in self.messages if m.role != "system"]
             if arg:
@@ -74,7 +118,10 @@ class ChatSession:
             self.say(f"unknown command {name}; /help lists them")
         return True
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, *, replace: bool = False) -> None:
+        if path.exists() and not replace:
+            self.say(f"[{path} exists; /save! {path} replaces it]")
+            return
         runtime = self.engine.runtime
         data = {
             "model": str(runtime.target.path),
@@ -85,7 +132,7 @@ class ChatSession:
         try:
             path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         except OSError as exc:
-            self.say(f"could not save: {exc.strerror or exc}")
+            self.say(f"[could not save to {path}: {exc.strerror or exc}]")
             return
         self.say(f"[saved {len(self.messages)} messages to {path}]")
 
@@ -127,6 +174,7 @@ class ChatSession:
                 colour = COLOURS.get(piece.source) if self.show_drafts else None
                 self.out.write(f"{colour}{piece.text}{RESET}" if colour else piece.text)
                 self.out.flush()
+                self.poll_input()
         finally:
             stream.close()
         self.last = self.engine.last
@@ -175,6 +223,7 @@ def run_chat(args) -> int:
     except ImportError:
         pass
     with engine_from_args(args) as engine:
+        engine.chat_tokens([ChatMessage("user", "Hello")])  # a broken chat template fails here, not every turn
         runtime = engine.runtime
         pair = runtime.target.path.name + (f" + draft {runtime.draft.path.name}" if runtime.draft else "")
         print(f"ouroboros-lite chat: {pair}, method {engine.method}, temperature {engine.sampling.temperature:g}",
@@ -183,7 +232,7 @@ def run_chat(args) -> int:
         session = ChatSession(engine, system=args.system, max_tokens=args.max_tokens, show_drafts=args.show_drafts)
         while True:
             try:
-                line = input("> ")
+                line = session.read_message()
             except (EOFError, KeyboardInterrupt):
                 print(file=sys.stdout, flush=True)
                 return 0

@@ -7,6 +7,7 @@ here so that "not given" can be told apart."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .errors import OuroborosError
@@ -25,15 +26,32 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, target_flag: str = "--model") -> None:
-    parser.add_argument(target_flag, dest="model", default=None,
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "--target", dest="model", default=None,
                         help="target model: catalog name or .gguf path (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--draft", default=None, help="draft model: catalog name or .gguf path")
+    parser.add_argument("--draft", default=None,
+                        help="draft model: catalog name or .gguf path; 'auto' = the target's catalog pair "
+                             "(used by default when cached), 'none' = no draft")
     parser.add_argument("-t", "--threads", type=positive_int, default=None, help="CPU threads")
     parser.add_argument("-c", "--ctx-size", type=positive_int, default=None, help="context size in tokens (4096)")
     parser.add_argument("-ngl", "--gpu-layers", type=int, default=None,
                         help="target layers to offload to the GPU (0; 99 = all)")
     parser.add_argument("--draft-gpu-layers", type=int, default=None, help="draft layers to offload to the GPU (0)")
+    parser.add_argument("--repack", dest="repack", action="store_const", const="on", default=None,
+                        help="repack weights for the CPU's kernels (default: auto, on unless ggml's AMX path "
+                             "is active, where batched decoding crashes)")
+    parser.add_argument("-nr", "--no-repack", dest="repack", action="store_const", const="off",
+                        help="load weights as stored (llama.cpp's --no-repack)")
     hyper = parser.add_argument_group("speculation hyper-parameters (default: `ouroboros-lite tune` result, else built-in)")
     hyper.add_argument("--ngram", type=positive_int, default=None, help="N: pool phrases hold N-1 tokens (default 5)")
     hyper.add_argument("--window", type=int, default=None, help="W: Jacobi window columns on the draft (on the target without one)")
@@ -46,11 +64,14 @@ def add_model_args(parser: argparse.ArgumentParser, *, target_flag: str = "--mod
 def add_sampling_args(parser: argparse.ArgumentParser, *, temperature_help: str) -> None:
     """llama.cpp's sampling flags, names and defaults (applied to the target's logits per tree node)."""
     group = parser.add_argument_group("sampling (llama.cpp's meanings; every method stays exact)")
-    group.add_argument("--temp", "--temperature", dest="temperature", type=float, default=None, help=temperature_help)
+    group.add_argument("--temp", "--temperature", dest="temperature", type=finite_float, default=None,
+                       help=temperature_help)
     group.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (40; 0 = off)")
-    group.add_argument("--top-p", type=float, default=None, help="nucleus: smallest set with this mass (0.95; 1 = off)")
-    group.add_argument("--min-p", type=float, default=None, help="drop tokens under min-p x the best (0.05; 0 = off)")
-    group.add_argument("--repeat-penalty", type=float, default=None, help="penalise recent tokens (1.0 = off)")
+    group.add_argument("--top-p", type=finite_float, default=None,
+                       help="nucleus: smallest set with this mass (0.95; 1 = off)")
+    group.add_argument("--min-p", type=finite_float, default=None,
+                       help="drop tokens under min-p x the best (0.05; 0 = off)")
+    group.add_argument("--repeat-penalty", type=finite_float, default=None, help="penalise recent tokens (1.0 = off)")
     group.add_argument("--repeat-last-n", type=int, default=None, help="tokens the penalty looks back over (64)")
     group.add_argument("-s", "--seed", type=int, default=None, help="random seed (-1 = random)")
 
@@ -71,11 +92,12 @@ def runtime_options(args):
     from .runtime import RuntimeOptions
     from .tune import load_tuned
 
-    kwargs = dict(n_ctx=args.ctx_size, gpu_layers=args.gpu_layers, draft_gpu_layers=args.draft_gpu_layers)
+    kwargs = dict(n_ctx=args.ctx_size, gpu_layers=args.gpu_layers, draft_gpu_layers=args.draft_gpu_layers,
+                  repack=getattr(args, "repack", None) or "auto")
     if args.threads:
         kwargs["threads"] = args.threads
-    if args.ngram:
-        kwargs["ngram"] = max(2, args.ngram)
+    if args.ngram is not None:
+        kwargs["ngram"] = args.ngram  # below 2 is an error (RuntimeOptions), not silently 2
     if args.max_draft:
         kwargs["max_draft"] = args.max_draft
     target = resolve_model(args.model)
@@ -97,7 +119,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """Bad arguments give one line on stderr and exit 2, like every other error here."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"ouroboros-lite: error: {message} (see {self.prog} --help)\n")
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:
@@ -110,7 +132,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", "--max-tokens", type=positive_int, default=DEFAULT_MAX_TOKENS, help="tokens to generate")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--system", default=None, help="system prompt (with --chat)")
-    add_method_args(gen, default_help="ouroboros with --draft, else ar")
+    add_method_args(gen, default_help="ouroboros: with a draft the full method, else its draft-free mode")
     add_sampling_args(gen, temperature_help="temperature (default 0: greedy, exactly the target's own output)")
 
     chat = sub.add_parser("chat", help="chat in the terminal (multi-turn, streaming, /help for commands)")
@@ -156,7 +178,7 @@ def cmd_generate(args) -> int:
     from .runtime import Runtime
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    method = args.method or ("ouroboros" if args.draft else "ar")
+    method = args.method
     sampling = sampling_params(args, default_temperature=0.0)
     with Runtime(args.model, args.draft, method=method, options=runtime_options(args)) as runtime:
         tokens = runtime.tokenize_prompt(prompt, chat=args.chat, system=args.system)
@@ -171,11 +193,32 @@ def cmd_generate(args) -> int:
         sys.stdout.write("\n")
         if warm:
             runtime.save_pool()
-        print(format_stats(last, method), file=sys.stderr)
+        print(format_stats(last, method_label(method, runtime), runtime.drafter_for(method)), file=sys.stderr)
     return 0
 
 
-def format_stats(last, method: str) -> str:
+def method_label(method: str, runtime) -> str:
+    """"ouroboros, draft X.gguf" / "ouroboros, draft-free" / "ar": what the stats line is about."""
+    if method == "ar":
+        return method
+    if runtime.draft is not None and method in ("sd", "ouroboros"):
+        return f"{method}, draft {runtime.draft.path.name}"
+    return f"{method}, draft-free" if method == "ouroboros" else method
+
+
+def resolve_models(args) -> None:
+    """--model/--draft to paths (fetching catalog models); says which draft the catalog pair supplied."""
+    from .catalog import resolve_pair
+
+    target, draft, note = resolve_pair(args.model, args.draft)
+    if note:
+        print(f"ouroboros-lite: using {note}", file=sys.stderr)
+    args.model, args.draft = target, draft
+
+
+def format_stats(last, method: str, drafter=None) -> str:
+    from .drafters.adaptive import AdaptiveDrafter
+
     if last is None:
         return "no tokens generated"
     line = (
@@ -189,6 +232,8 @@ def format_stats(last, method: str) -> str:
             f" | acceptance {spec.acceptance_rate:.0%}, {spec.tokens_per_forward:.2f} tok/target forward, "
             f"target forwards {spec.target_forwards}, draft forwards {spec.draft_forwards}"
         )
+    if isinstance(drafter, AdaptiveDrafter) and drafter.speedup_over_plain(last.generation_tps):
+        line += f" | {drafter.speedup_over_plain(last.generation_tps):.2f}x the plain steps it measured"
     return line
 
 
@@ -223,15 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     from .config import apply_to_namespace, cmd_config
 
     warnings.formatwarning = lambda message, *_args, **_kw: f"ouroboros-lite: warning: {message}\n"
+    if getattr(sys.stdin, "reconfigure", None):  # `--prompt -` and chat input: bad UTF-8 becomes U+FFFD
+        sys.stdin.reconfigure(errors="replace")
 
-    args = setup_arg_parser().parse_args(argv)
-    commands = {"generate": cmd_generate, "chat": cmd_chat, "config": cmd_config, "pull": cmd_pull,
-                "models": cmd_models}
     try:
+        args = setup_arg_parser().parse_args(argv)
+        commands = {"generate": cmd_generate, "chat": cmd_chat, "config": cmd_config, "pull": cmd_pull,
+                    "models": cmd_models}
         if args.command == "config":
             return cmd_config(args)  # resolves the layers itself, to report their sources
         if args.command not in ("pull", "models"):
             apply_to_namespace(args)  # defaults < config file < environment < flags
+            resolve_models(args)
         if args.command == "bench":
             from .bench import cmd_bench
 
@@ -249,6 +297,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # the file system said no: a cache directory that is a file, a read-only disk
+        print(f"ouroboros-lite: error: {os_error_message(exc)}", file=sys.stderr)
+        return 1
+
+
+def os_error_message(exc: OSError) -> str:
+    from .catalog import CACHE_ENV, cache_dir
+
+    text = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+    if exc.filename and str(exc.filename).startswith(str(cache_dir())):
+        text += f" (in the cache directory {cache_dir()}; set {CACHE_ENV} to a writable directory)"
+    return text
 
 
 if __name__ == "__main__":

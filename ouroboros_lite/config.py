@@ -30,6 +30,7 @@ from .errors import OuroborosError
 CONFIG_ENV = "OUROBOROS_LITE_CONFIG"
 ENV_PREFIX = "OUROBOROS_LITE_"
 METHODS = ("ar", "sd", "pld", "lookahead", "ouroboros")  # the decoding methods (runtime.py builds them)
+REPACK_SETTINGS = ("auto", "on", "off")  # CPU weight repacking (llama.cpp's --repack/--no-repack)
 
 
 class Setting(NamedTuple):
@@ -45,7 +46,8 @@ class Setting(NamedTuple):
 SETTINGS: dict[str, Setting] = {
     "model": Setting(str, None, "target model: catalog name or .gguf path"),
     "draft": Setting(str, None, "draft model: catalog name or .gguf path"),
-    "method": Setting(str, None, "decoding method: " + ", ".join(METHODS) + " (None = automatic)"),
+    # the fastest exact method for what was given: with a draft the full method, else its draft-free mode
+    "method": Setting(str, "ouroboros", "decoding method: " + ", ".join(METHODS)),
     "threads": Setting(int, None, "CPU threads (None = automatic)"),
     "ctx_size": Setting(int, 4096, "context size in tokens"),
     "gpu_layers": Setting(int, 0, "target layers to offload to the GPU"),
@@ -65,9 +67,13 @@ SETTINGS: dict[str, Setting] = {
     "max_target_nodes": Setting(int, None, "largest tree per target forward"),
     "max_draft": Setting(int, None, "longest draft chain (gamma's cap)"),
     "warm_pool": Setting(bool, True, "keep the phrase pool across runs"),
+    "repack": Setting(str, "auto", "CPU weight repacking: auto (off where ggml's AMX kernels would crash), on, off"),
 }
 
-CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS}
+CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS, "repack": REPACK_SETTINGS}
+# the least value of numeric settings (smaller contexts are raised to a working minimum at load time)
+MINIMUM: dict[str, int] = {"threads": 1, "ctx_size": 1, "ngram": 2, "window": 0, "draft_guesses": 0, "candidates": 0,
+                           "max_target_nodes": 1, "max_draft": 1, "top_k": 0, "repeat_last_n": -1}
 
 # how `format_config` shows None: "-" where it means "nothing", "auto" where something is picked later
 _NONE_AS_DASH = {"draft", "system"}
@@ -211,9 +217,13 @@ def _type_error(name: str, value: Any, where: str) -> OuroborosError:
 
 
 def _check_choice(name: str, value: Any, where: str) -> None:
+    """A value outside the setting's choices or below its minimum is an error, whichever layer gave it."""
     choices = CHOICES.get(name)
     if choices is not None and value is not None and value not in choices:
         raise OuroborosError(f"{where} {name} must be one of {', '.join(choices)}; got {value!r}")
+    least = MINIMUM.get(name)
+    if least is not None and value is not None and value < least:
+        raise OuroborosError(f"{where} {name} must be at least {least}; got {value!r}")
 
 
 def _suggestion(name: str) -> str:

@@ -16,12 +16,15 @@ a turn decodes only what its prompt adds to the previous one.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
 from .backend import ChatMessage
+from .catalog import resolve_pair
+from .config import SETTINGS
 from .errors import OuroborosError, PromptTooLongError
 from .generate import GenerationResponse, SpecStats
 from .runtime import Runtime, RuntimeOptions
@@ -33,6 +36,10 @@ OPTION_FIELDS = {f.name for f in fields(RuntimeOptions)}
 
 class EngineBusyError(OuroborosError):
     """A second generation was started on an Engine that is still generating."""
+
+
+class EngineClosedError(OuroborosError):
+    """The Engine was closed (its models are freed); make a new one."""
 
 
 class Piece(NamedTuple):
@@ -47,19 +54,22 @@ class Stream:
 
     def __init__(self, pieces: Iterator, release):
         self._pieces, self._release, self._started = pieces, release, False
+        self._step = threading.RLock()  # held for one step: Engine.close from another thread waits for it
 
     def __iter__(self) -> Stream:
         return self
 
     def __next__(self):
-        self._started = True
-        return next(self._pieces)
+        with self._step:
+            self._started = True
+            return next(self._pieces)
 
     def close(self) -> None:
-        if not self._started:  # the generator never ran, so its `finally` will not release
-            self._started = True
-            self._release()
-        self._pieces.close()
+        with self._step:
+            if not self._started:  # the generator never ran, so its `finally` will not release
+                self._started = True
+                self._release()
+            self._pieces.close()
 
     def __del__(self):
         try:
@@ -105,6 +115,9 @@ class Engine:
     draft-free mode without a draft); warm_pool: load the pair's phrase pool from the cache now and
     save it on close."""
 
+    _active = None  # a weak reference to the Stream of the running generation
+    _closing = False
+
     def __init__(self, target: str | Path | None = None, draft: str | Path | None = None, *,
                  method: str | None = None, warm_pool: bool = False, **options):
         unknown = set(options) - SAMPLING_FIELDS - OPTION_FIELDS
@@ -112,7 +125,8 @@ class Engine:
             raise OuroborosError(f"unknown Engine option(s): {', '.join(sorted(unknown))}")
         self.sampling = SamplingParams(**{k: v for k, v in options.items() if k in SAMPLING_FIELDS})
         runtime_options = RuntimeOptions(**{k: v for k, v in options.items() if k in OPTION_FIELDS})
-        self.method = method or "ouroboros"
+        self.method = method or SETTINGS["method"].default
+        target, draft, self.draft_note = resolve_pair(target, draft)  # a cached catalog pair is used
         self.runtime = Runtime(target, draft, method=self.method, options=runtime_options)
         self.warm_pool = warm_pool and self.runtime.has_pool()
         if self.warm_pool:
@@ -128,8 +142,10 @@ class Engine:
 
         stream=False: a Completion. stream=True: a Stream of text pieces (Piece(text, source)
         values with sources=True); `engine.last` holds the Completion so far."""
-        tokens = self.runtime.tokenize_prompt(prompt)
-        return self._start(tokens, max_tokens, stream, sources, sampling, reuse_cache=False)
+        if not isinstance(prompt, str):
+            raise OuroborosError(f"prompt must be a string, got {type(prompt).__name__}")
+        return self._start(lambda: self._open().tokenize_prompt(prompt), max_tokens, stream, sources, sampling,
+                           reuse_cache=False)
 
     def chat(self, messages: Sequence[dict | ChatMessage], *, max_tokens: int = 1024, stream: bool = False,
              sources: bool = False, **sampling):
@@ -137,16 +153,23 @@ class Engine:
 
         messages: {"role": ..., "content": ...} dicts or ChatMessage values. The KV cache keeps
         the previous turn, so only the new part of the conversation is decoded."""
-        tokens = self.chat_tokens(messages)
-        return self._start(tokens, max_tokens, stream, sources, sampling, reuse_cache=True)
+        return self._start(lambda: self.chat_tokens(messages), max_tokens, stream, sources, sampling,
+                           reuse_cache=True)
 
     def chat_tokens(self, messages: Sequence[dict | ChatMessage]) -> list[int]:
-        turns = [m if isinstance(m, ChatMessage) else ChatMessage(m["role"], m["content"]) for m in messages]
-        return self.runtime.tokenize_chat(turns)
+        if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Sequence) or not messages:
+            raise OuroborosError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+        return self._open().tokenize_chat([_message(m) for m in messages])
 
     @property
     def n_ctx(self) -> int:
-        return self.runtime.context.n_ctx
+        return self._open().context.n_ctx
+
+    def _open(self) -> Runtime:
+        runtime = getattr(self, "runtime", None)
+        if runtime is None:
+            raise EngineClosedError("this Engine is closed; create a new Engine to generate again")
+        return runtime
 
     def cancel(self) -> None:
         """Stop the running generation (thread-safe); it ends with finish_reason "cancelled"."""
@@ -156,7 +179,7 @@ class Engine:
         """Forget the cached conversation (the phrase pool stays)."""
         self._acquire("this Engine is generating; cancel it first")
         try:
-            self.runtime.verifier.reset()
+            self._open().verifier.reset()
         finally:
             self._lock.release()
 
@@ -164,17 +187,28 @@ class Engine:
         if not self._lock.acquire(blocking=False):
             raise EngineBusyError(busy_message)
 
-    def _start(self, tokens: list[int], max_tokens: int, stream: bool, sources: bool, sampling: dict, *,
+    def _start(self, tokenize, max_tokens: int, stream: bool, sources: bool, sampling: dict, *,
                reuse_cache: bool):
+        """tokenize() runs under the lock, so a concurrent close cannot free the model under it."""
         unknown = set(sampling) - SAMPLING_FIELDS
         if unknown:
             raise OuroborosError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
+            raise OuroborosError(f"max_tokens must be a positive whole number, got {max_tokens!r}")
         params = replace(self.sampling, **sampling)
         self._acquire("this Engine is already generating; wait for it, cancel it, or use a second Engine")
+        try:
+            if self._closing:
+                raise EngineClosedError("this Engine is closed; create a new Engine to generate again")
+            tokens = tokenize()
+        except BaseException:
+            self._lock.release()
+            raise
         self._cancel.clear()
-        pieces = self._run(tokens, max_tokens, params, reuse_cache, sources)
+        pieces = Stream(self._run(tokens, max_tokens, params, reuse_cache, sources), self._lock.release)
+        self._active = weakref.ref(pieces)
         if stream:
-            return Stream(pieces, self._lock.release)
+            return pieces
         for _ in pieces:
             pass
         return self.last
@@ -192,7 +226,12 @@ class Engine:
                 text.append(response.text)
                 self.last = _completion(response, "".join(text), sources)
                 if response.text:
-                    yield Piece(response.text, response.source) if with_sources else response.text
+                    try:
+                        yield Piece(response.text, response.source) if with_sources else response.text
+                    except GeneratorExit:  # closed before the end (Stream.close, Engine.close)
+                        if response.finish_reason is None:
+                            self.last = replace(self.last, finish_reason="cancelled")
+                        raise
                 if self._cancel.is_set() and response.finish_reason is None:
                     self.last = replace(self.last, finish_reason="cancelled")
                     break
@@ -203,22 +242,35 @@ class Engine:
 
     # --- lifetime -----------------------------------------------------------------------------------
     def close(self) -> None:
-        runtime = getattr(self, "runtime", None)
-        if runtime is None:
+        """Free the models. A generation running in another thread is cancelled and waited for
+        (it ends before its next decode step); later calls raise EngineClosedError."""
+        if getattr(self, "runtime", None) is None or self._closing:
             return
-        if self.warm_pool:
-            try:
-                runtime.save_pool()
-            except OSError:
-                pass  # a read-only cache only costs the warm start
-        runtime.close()
-        self.runtime = None
+        self._closing = True
+        self._cancel.set()
+        stream = self._active() if self._active else None
+        if stream is not None:
+            stream.close()  # waits for the step in progress, then releases the lock
+        with self._lock:
+            runtime, self.runtime = self.runtime, None
+            if self.warm_pool:
+                runtime.save_pool()  # warns instead of raising: the pool is only a cache
+            runtime.close()
 
     def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _message(message) -> ChatMessage:
+    if isinstance(message, ChatMessage):
+        return message
+    if isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str):
+        return ChatMessage(message["role"], message["content"])
+    raise OuroborosError(f"each message must be a dict with 'role' and 'content' strings (or a ChatMessage); "
+                         f"got {message!r:.80}")
 
 
 def _completion(response: GenerationResponse, text: str, sources: list[str]) -> Completion:

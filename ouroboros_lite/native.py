@@ -35,11 +35,13 @@ int32_t ouro_decode_chain(struct llama_context * ctx, const llama_token * tokens
                           llama_pos pos0, llama_seq_id seq, llama_token * argmax_last,
                           int32_t * llama_rc);
 float * ouro_logits_last(struct llama_context * ctx);
-void    ouro_rollback(struct llama_context * ctx, llama_pos pos);
+int32_t ouro_rollback(struct llama_context * ctx, llama_pos pos);
 ouro_tree * ouro_tree_init(struct llama_context * ctx, int32_t max_nodes, int32_t max_paths);
 void        ouro_tree_free(ouro_tree * tree);
 int32_t ouro_tree_decode(ouro_tree * tree, llama_token root, llama_pos pos_root,
-                         const llama_token * tokens, const int32_t * parents, int32_t n_nodes);
+                         const llama_token * tokens, int32_t n_tokens,
+                         const int32_t * parents, int32_t n_parents);
+int32_t ouro_tree_discard(ouro_tree * tree);
 const llama_token * ouro_tree_argmax(const ouro_tree * tree);
 float *  ouro_tree_logits(ouro_tree * tree, int32_t entry);
 int32_t  ouro_tree_n_paths(const ouro_tree * tree);
@@ -49,20 +51,37 @@ int32_t  ouro_tree_accept_greedy(const ouro_tree * tree, int32_t * path, int32_t
 int32_t  ouro_tree_commit(ouro_tree * tree, int32_t last_node);
 """
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
-# Return codes of native/ouro.h, with what the caller should change.
+# Return codes of native/ouro.h.
+OURO_OK = 0
+OURO_ERR_ARGUMENT = -1
+OURO_ERR_TOO_MANY_NODES = -2
+OURO_ERR_TOO_MANY_PATHS = -3
+OURO_ERR_BAD_PARENT = -4
+OURO_ERR_BAD_TOKEN = -5
+OURO_ERR_BAD_POSITION = -6
+OURO_ERR_CONTEXT_FULL = -7
+OURO_ERR_DECODE = -8
+OURO_ERR_NO_MEMORY = -9
+OURO_ERR_STATE = -10
+OURO_ERR_ROLLBACK = -11
+OURO_ERR_NO_LOGITS = -12
+
+# What each code means, with what the caller should change.
 ERRORS = {
-    -1: "invalid argument",
-    -2: "tree has more nodes than the context's n_batch (or the verifier's capacity)",
-    -3: "tree has more root-to-leaf paths than the context's n_seq_max (or the verifier's capacity)",
-    -4: "tree node has a parent that is out of range or not earlier in the list (cycle or forward edge)",
-    -5: "token id outside the vocabulary",
-    -6: "root position does not continue sequence 0",
-    -7: "the context is full",
-    -8: "llama_decode failed",
-    -9: "out of memory",
-    -10: "no decoded tree to accept or commit, or node index out of range",
+    OURO_ERR_ARGUMENT: "invalid argument",
+    OURO_ERR_TOO_MANY_NODES: "tree has more nodes than the context's n_batch (or the verifier's capacity)",
+    OURO_ERR_TOO_MANY_PATHS: "tree has more root-to-leaf paths than the context's n_seq_max (or the verifier's capacity)",
+    OURO_ERR_BAD_PARENT: "tree node has a parent that is out of range or not earlier in the list (cycle or forward edge)",
+    OURO_ERR_BAD_TOKEN: "token id outside the vocabulary",
+    OURO_ERR_BAD_POSITION: "position does not continue sequence 0 (or is past its end)",
+    OURO_ERR_CONTEXT_FULL: "the context is full",
+    OURO_ERR_DECODE: "llama_decode failed",
+    OURO_ERR_NO_MEMORY: "out of memory",
+    OURO_ERR_STATE: "no decoded tree to accept or commit, or node index out of range",
+    OURO_ERR_ROLLBACK: "llama.cpp could not remove the rejected tokens from the KV cache (partial removal failed)",
+    OURO_ERR_NO_LOGITS: "llama.cpp returned no logits for a batch entry",
 }
 
 
@@ -76,7 +95,7 @@ class NativeError(OuroborosError):
 
 
 def check(code: int, detail: str = "") -> None:
-    if code != 0:
+    if code != OURO_OK:
         raise NativeError(code, detail)
 
 

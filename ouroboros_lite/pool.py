@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 import tempfile
 import warnings
@@ -31,6 +32,9 @@ FORMAT_VERSION = 1
 # magic, format version, phrase_length, capacity, record count; all little-endian
 _HEADER = struct.Struct("<8sIIIQ")
 _DIGEST_SIZE = hashlib.sha256().digest_size
+_MODEL_TAG = b"MODEL-ID"  # then the 32-byte identity of the model pair the pool was learnt on
+_MODEL_TRAILER = len(_MODEL_TAG) + _DIGEST_SIZE
+MAX_FILE_BYTES = 256 << 20  # far above any real pool (50k keys x 8 phrases x 5 tokens is 8 MB)
 
 
 class PoolFileWarning(UserWarning):
@@ -143,11 +147,17 @@ class PhrasePool:
     #
     # File: header (_HEADER), then `count` records of key + phrase as int32 little-endian, each
     # key's phrases oldest first so inserting them back in file order rebuilds the LRU order,
-    # then the sha256 of everything before it.
+    # then, if saved with one, the model tag (_MODEL_TAG + 32-byte identity), then the sha256 of
+    # everything before it.
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the pool to `path` atomically: a reader sees the old file or the new, never half."""
+    def save(self, path: str | os.PathLike[str], model_id: bytes | None = None) -> None:
+        """Write the pool to `path` atomically: a reader sees the old file or the new, never half.
+
+        model_id: 32 bytes naming the models the phrases are tokens of (checked by `load`).
+        Raises OSError where `path` is something other than a regular file (a directory, a FIFO)."""
         path = Path(path)
+        if os.path.lexists(path) and not path.is_file():
+            raise OSError(f"{path} is not a regular file, so it is not replaced")
         record = struct.Struct(f"<{1 + self.phrase_length}i")
         body = bytearray(_HEADER.pack(MAGIC, FORMAT_VERSION, self.phrase_length, self.capacity, self._count))
         try:
@@ -156,6 +166,10 @@ class PhrasePool:
                     body += record.pack(key, *phrase)
         except struct.error as error:
             raise ValueError(f"pool holds a token that does not fit in int32: {error}") from None
+        if model_id is not None:
+            if len(model_id) != _DIGEST_SIZE:
+                raise ValueError(f"model_id must be {_DIGEST_SIZE} bytes, got {len(model_id)}")
+            body += _MODEL_TAG + model_id
         body += hashlib.sha256(body).digest()
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,28 +185,31 @@ class PhrasePool:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], phrase_length: int, capacity: int) -> PhrasePool:
+    def load(cls, path: str | os.PathLike[str], phrase_length: int, capacity: int, *,
+             n_vocab: int | None = None, model_id: bytes | None = None) -> PhrasePool:
         """The pool saved at `path`, or an empty one if there is none or it cannot be used.
 
         Never raises for the file's sake (only for invalid arguments): a missing file is the
         normal first run and passes silently; anything else wrong warns and starts empty. A file
         saved with a larger capacity keeps each key's `capacity` most recent phrases.
+        n_vocab: every token must be in 0..n_vocab-1. model_id: the file must have been saved
+        with this model identity. Only regular files of up to MAX_FILE_BYTES are read.
         """
         pool = cls(phrase_length, capacity)
         path = Path(path)
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+            data = _read_regular_file(path)
+        except (FileNotFoundError, NotADirectoryError):
             return pool
         except OSError as error:
-            return _unusable(pool, path, f"cannot be read ({error})")
-        problem = pool._restore(data)
+            return _unusable(pool, path, f"cannot be read ({error.strerror or error})")
+        problem = pool._restore(data, n_vocab, model_id)
         if problem:
             pool.clear()
             return _unusable(pool, path, problem)
         return pool
 
-    def _restore(self, data: bytes) -> str | None:
+    def _restore(self, data: bytes, n_vocab: int | None = None, model_id: bytes | None = None) -> str | None:
         """Fill this empty pool from a saved file's bytes; the reason it cannot, else None."""
         if len(data) < _HEADER.size + _DIGEST_SIZE:
             if not MAGIC.startswith(data[:len(MAGIC)]):
@@ -203,20 +220,46 @@ class PhrasePool:
             return "is not a phrase pool file (wrong magic)"
         if version != FORMAT_VERSION:
             return f"has format version {version}, this version reads {FORMAT_VERSION}"
+        if not 0 < phrase_length <= 1024:
+            return f"is corrupt (phrase length {phrase_length})"
         record = struct.Struct(f"<{1 + phrase_length}i")
         expected = _HEADER.size + count * record.size + _DIGEST_SIZE
         if len(data) < expected:
             return f"is truncated ({len(data)} bytes, {expected} expected for {count} phrases)"
-        if len(data) > expected:
+        tagged = len(data) == expected + _MODEL_TRAILER and \
+            data[-_DIGEST_SIZE - _MODEL_TRAILER:][:len(_MODEL_TAG)] == _MODEL_TAG
+        if len(data) > expected and not tagged:
             return f"has {len(data) - expected} unexpected bytes after its end"
         payload, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
         if hashlib.sha256(payload).digest() != digest:
             return "is corrupt (sha256 checksum mismatch)"
         if phrase_length != self.phrase_length:
             return f"holds phrases of {phrase_length} tokens, {self.phrase_length} are wanted"
-        for key, *phrase in record.iter_unpack(memoryview(payload)[_HEADER.size:]):
+        saved_id = payload[-_DIGEST_SIZE:] if tagged else None
+        if model_id is not None and saved_id != model_id:
+            return "was learnt on another model" if tagged else "does not say which model it was learnt on"
+        records = memoryview(payload)[_HEADER.size:_HEADER.size + count * record.size]
+        rows = list(record.iter_unpack(records))
+        if n_vocab is not None:
+            bad = next((t for row in rows for t in row if not 0 <= t < n_vocab), None)
+            if bad is not None:
+                return f"holds token {bad}, outside this model's vocabulary of {n_vocab}"
+        for key, *phrase in rows:
             self.insert(key, phrase)
         return None
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES; OSError for anything else (a FIFO,
+    which would block, a directory, a device, a huge file)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError("not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise OSError(f"{info.st_size} bytes, more than a pool file holds ({MAX_FILE_BYTES})")
+        return file.read(MAX_FILE_BYTES + 1)
 
 
 def _unusable(pool: PhrasePool, path: Path, reason: str) -> PhrasePool:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .backend import DEFAULT_THREADS, ChatMessage, Context, Model
+from . import gguf_meta
+from .backend import DEFAULT_THREADS, ChatMessage, Context, Model, available_cores, deferred_interrupt
 from .catalog import resolve_model
 from .config import METHODS
 from .drafters import NoDraft
 from .drafters.ouroboros import OuroborosParams
-from .pool import PhrasePool, default_pool_path
+from .pool import PhrasePool, PoolFileWarning, default_pool_path
 from .errors import OuroborosError
 from .generate import GenerationResponse, stream_generate
 from .sampling import GREEDY, SamplingParams
@@ -33,6 +36,7 @@ class RuntimeOptions:
     max_tree_paths: int = 16  # root-to-leaf paths (sequence ids) per tree
     flash_attn: bool | None = None  # None: llama.cpp decides (on for CPU)
     kv_type: str = "f16"  # "f32" halves KV rounding noise for exactness checks, doubles its memory
+    repack: str = "auto"  # CPU weight repacking: "auto" (off where ggml's AMX path is active), "on", "off"
     max_draft: int = 8  # longest draft-model chain (sd, pld)
     ngram: int = 5  # N: pool phrases hold N-1 tokens
     pool_capacity: int = 8  # phrases kept per key token (LRU)
@@ -42,6 +46,68 @@ class RuntimeOptions:
     # gave 1.10x, because a guess keyed by one token is rarely right and every batch token costs.
     target_window: int = 0  # W: Jacobi window columns on the target
     target_guesses: int = 0  # pool phrases keyed by the root, where the context has no continuation
+    # ouroboros measures per cycle whether drafting pays here and takes plain steps when it does not
+    # (drafters/adaptive.py); False: always propose (for ablations)
+    adaptive: bool = True
+
+    def __post_init__(self):
+        for name, least in _AT_LEAST.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise OuroborosError(f"{name} must be a whole number of at least {least}, got {value!r}")
+        for name in ("gpu_layers", "draft_gpu_layers"):
+            if not isinstance(getattr(self, name), int):
+                raise OuroborosError(f"{name} must be a whole number, got {getattr(self, name)!r}")
+        if self.max_tree_nodes >= self.n_batch:
+            raise OuroborosError(f"max_tree_nodes must be below n_batch ({self.n_batch}), got {self.max_tree_nodes}")
+
+
+_AT_LEAST = {"n_ctx": 1, "n_batch": 1, "threads": 1, "max_tree_nodes": 1, "max_tree_paths": 1, "max_draft": 1,
+             "ngram": 2, "pool_capacity": 1, "target_window": 0, "target_guesses": 0}
+# Smaller contexts are raised to this: a tree batch (up to 48 nodes) and the 16 sequences of its
+# paths must fit in one llama.cpp batch, which llama.cpp clamps to the context size.
+MIN_CTX = 64
+
+
+class ContextSizeWarning(UserWarning):
+    """The context differs from the size asked for (raised to the minimum, capped, or rounded up)."""
+
+
+def _capped_threads(options: RuntimeOptions) -> RuntimeOptions:
+    cores = available_cores()
+    if options.threads <= cores:
+        return options
+    # more threads than cores only wait on each other: 1000 threads took 72 s for two tokens
+    warnings.warn(f"{options.threads} threads asked for, but {cores} CPU cores are available; using {cores}",
+                  stacklevel=4)
+    return replace(options, threads=cores)
+
+
+def _context_note(asked: int, used: int, got: int) -> str | None:
+    """asked: the context size asked for; used: after the minimum and the model's cap; got: llama.cpp's."""
+    if got == asked:
+        return None
+    why = []
+    if used > asked:
+        why.append(f"raised to the minimum of {MIN_CTX}")
+    if used < asked:
+        why.append(f"capped at the model's training context of {used}")
+    if got != used:
+        why.append("rounded up by llama.cpp to a multiple of 256")
+    return f"context size {got} tokens, not {asked} ({', then '.join(why)})"
+
+
+def pair_id(target: Path, draft: Path | None) -> bytes:
+    """The identity of a model pair (sha256 over the files' fingerprints): what a phrase pool is for."""
+    paths = [target, *([draft] if draft else [])]
+    return hashlib.sha256(" ".join(gguf_meta.fingerprint(p) for p in paths).encode()).digest()
+
+
+def pool_file(target: Path, draft: Path | None, ngram: int) -> Path:
+    """The cached pool of a model pair, named by the files' stems and the pair's identity, so that
+    two different files called model.gguf do not share one."""
+    name = target.stem + (f"__{draft.stem}" if draft else "")
+    return default_pool_path(f"{name}__{pair_id(target, draft).hex()[:12]}__n{ngram}")
 
 
 class Runtime:
@@ -55,10 +121,21 @@ class Runtime:
         method: str = "ar",
         options: RuntimeOptions = RuntimeOptions(),
     ):
+        # Ctrl-C while llama.cpp loads reaches Python inside its log callback, where ctypes prints
+        # and drops the KeyboardInterrupt; deferred_interrupt raises it once loading returns.
+        try:
+            with deferred_interrupt():
+                self._load(target, draft, method, _capped_threads(options))
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, target, draft, method: str, options: RuntimeOptions) -> None:
         self.options = options
         self.method = method
-        self.target = Model(resolve_model(target), gpu_layers=options.gpu_layers)
+        self.target = Model(resolve_model(target), gpu_layers=options.gpu_layers, repack=options.repack)
         n_ctx = min(options.n_ctx, self.target.n_ctx_train) if self.target.n_ctx_train > 0 else options.n_ctx
+        n_ctx = max(n_ctx, MIN_CTX)
         self.context = Context(
             self.target,
             n_ctx=n_ctx,
@@ -68,6 +145,9 @@ class Runtime:
             flash_attn=options.flash_attn,
             kv_type=options.kv_type,
         )
+        note = _context_note(options.n_ctx, n_ctx, self.context.n_ctx)
+        if note:
+            warnings.warn(note, ContextSizeWarning, stacklevel=3)
         self.verifier = TreeVerifier(
             self.context, max_nodes=options.max_tree_nodes, max_paths=options.max_tree_paths
         )
@@ -75,7 +155,7 @@ class Runtime:
         if draft is not None:
             from .vocab import check_compatible
 
-            self.draft = Model(resolve_model(draft), gpu_layers=options.draft_gpu_layers)
+            self.draft = Model(resolve_model(draft), gpu_layers=options.draft_gpu_layers, repack=options.repack)
             check_compatible(self.target, self.draft)
         self._drafters: dict = {}
         self.drafter = self.drafter_for(method)
@@ -88,7 +168,12 @@ class Runtime:
         if base not in METHODS:
             raise OuroborosError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if method not in self._drafters:
-            self._drafters[method] = self._make_drafter(base)
+            drafter = self._make_drafter(base)
+            if base == "ouroboros" and self.options.adaptive:
+                from .drafters.adaptive import AdaptiveDrafter
+
+                drafter = AdaptiveDrafter(drafter)
+            self._drafters[method] = drafter
         return self._drafters[method]
 
     def _make_drafter(self, method: str):
@@ -135,22 +220,37 @@ class Runtime:
             drafter.pool = self._new_pool()
         return drafter.pool
 
+    def model_id(self) -> bytes:
+        return pair_id(self.target.path, self.draft.path if self.draft else None)
+
     def pool_path(self) -> Path:
         """Where this model pair's phrase pool is kept between runs (warm start)."""
-        name = self.target.path.stem + (f"__{self.draft.path.stem}" if self.draft else "")
-        return default_pool_path(f"{name}__n{self.pool.phrase_length + 1}")
+        return pool_file(self.target.path, self.draft.path if self.draft else None, self.pool.phrase_length + 1)
 
     def load_pool(self, path: Path | None = None) -> None:
-        """Replace the pool by a saved one; a missing, corrupt or foreign file gives a fresh pool."""
-        loaded = PhrasePool.load(path or self.pool_path(), self.pool.phrase_length, self.pool.capacity)
+        """Replace the pool by a saved one; a missing, corrupt or foreign file (another model, tokens
+        outside the vocabulary) gives a warning and a fresh pool."""
+        path = path or self.pool_path()
+        loaded = PhrasePool.load(path, self.pool.phrase_length, self.pool.capacity,
+                                 n_vocab=self.target.n_vocab, model_id=self.model_id())
+        if path.exists() and not path.is_file():
+            self._not_a_pool = path  # a FIFO or a directory: warned about once, never replaced
         self.pool.clear()
         for key in loaded.keys():
             for phrase in loaded.phrases(key):
                 self.pool.insert(key, phrase)
 
-    def save_pool(self, path: Path | None = None) -> Path:
+    def save_pool(self, path: Path | None = None) -> Path | None:
+        """Save the pool for the next run; where that fails, warn and return None (it is only a cache)."""
         target = path or self.pool_path()
-        self.pool.save(target)
+        if target == getattr(self, "_not_a_pool", None):
+            return None
+        try:
+            self.pool.save(target, model_id=self.model_id())
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"the phrase pool was not saved to {target}: {getattr(exc, 'strerror', None) or exc}",
+                          PoolFileWarning, stacklevel=2)
+            return None
         return target
 
     def tokenize_prompt(self, prompt: str, *, chat: bool = False, system: str | None = None) -> list[int]:

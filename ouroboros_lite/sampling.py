@@ -12,7 +12,9 @@ and a rejected branch leaves no trace (sampler state advances only on accepted t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -31,7 +33,19 @@ class SamplingParams:
 
     def __post_init__(self):
         problems = []
-        if not (self.temperature == self.temperature) or self.temperature > 100:  # NaN or absurd
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
+                problems.append(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
+        for name in ("top_k", "repeat_last_n", "seed"):
+            value = getattr(self, name)
+            if not (value is None and name == "seed") and (not isinstance(value, Integral) or isinstance(value, bool)):
+                problems.append(f"{name.replace('_', '-')} must be a whole number, got {value!r}")
+        if problems:
+            raise OuroborosError("; ".join(problems))
+        if self.seed is not None and self.seed >= 2**64:
+            problems.append(f"seed must be below 2**64 (-1 = random), got {self.seed}")
+        if self.temperature > 100:  # absurd
             problems.append(f"temperature must be a number in [0, 100], got {self.temperature}")
         if self.top_k < 0:
             problems.append(f"top-k must be 0 (off) or positive, got {self.top_k}")

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Root-to-leaf paths a target tree may have unless the drafter is told the verifier's
+# (RuntimeOptions.max_tree_paths, the target context's sequence count).
+DEFAULT_MAX_PATHS = 16
+
 
 @dataclass(frozen=True)
 class TokenTree:
@@ -52,13 +56,19 @@ class TokenTree:
 
 @dataclass
 class TreeBuilder:
-    """Merges token sequences into a trie; shared prefixes become one node."""
+    """Merges token sequences into a trie; shared prefixes become one node.
+
+    At most max_nodes nodes and max_paths root-to-leaf paths (None: no limit): a token that
+    would exceed either is dropped with the rest of its sequence."""
 
     max_nodes: int
+    max_paths: int | None = None
     tokens: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    n_paths: int = 1  # the root alone is one path
     _children: dict[tuple[int, int], int] = field(default_factory=dict)
+    _has_child: set[int] = field(default_factory=set)
 
     def add(self, sequence, source: str, parent: int = -1) -> list[int]:
         """Add `sequence` below node `parent`; returns the node index of each token kept."""
@@ -67,16 +77,23 @@ class TreeBuilder:
             key = (parent, int(token))
             node = self._children.get(key)
             if node is None:
-                if len(self.tokens) >= self.max_nodes:
+                if len(self.tokens) >= self.max_nodes or not self._may_branch_at(parent):
                     break
                 node = len(self.tokens)
                 self.tokens.append(int(token))
                 self.parents.append(parent)
                 self.sources.append(source)
                 self._children[key] = node
+                self.n_paths += parent in self._has_child  # a second child opens a path
+                self._has_child.add(parent)
             nodes.append(node)
             parent = node
         return nodes
+
+    def _may_branch_at(self, parent: int) -> bool:
+        """Whether a new child of `parent` keeps the tree within max_paths (a leaf's first child
+        extends its path; any other child opens one)."""
+        return parent not in self._has_child or self.max_paths is None or self.n_paths < self.max_paths
 
     def build(self) -> TokenTree:
         return TokenTree(tuple(self.tokens), tuple(self.parents), tuple(self.sources))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,8 @@ class TreeVerifier:
         self._ctx = native.context_pointer(context.handle)
         self._tree = native.lib.ouro_tree_init(self._ctx, self.max_nodes, self.max_paths)
         if self._tree == native.ffi.NULL:
-            raise native.NativeError(-9, "could not create the tree verifier")
+            raise native.NativeError(native.OURO_ERR_NO_MEMORY, "could not create the tree verifier "
+                                     f"({self.max_nodes} nodes, {self.max_paths} paths)")
         self._path = native.ffi.new("int32_t[]", max(1, self.max_nodes))
         self._n_path = native.ffi.new("int32_t *")
         self._next = native.ffi.new("int32_t *")
@@ -52,13 +54,23 @@ class TreeVerifier:
 
     def reset(self) -> None:
         """Empty the KV cache."""
+        self.discard()
         self.context.clear()
         self.cached = []
 
     def rollback(self, n_keep: int) -> None:
-        """Keep the first n_keep cached tokens, drop the rest."""
-        native.lib.ouro_rollback(self._ctx, n_keep)
+        """Keep the first n_keep cached tokens (0 <= n_keep <= len(cached)), drop the rest, any
+        uncommitted tree and every branch sequence."""
+        if not 0 <= n_keep <= len(self.cached):
+            raise native.NativeError(native.OURO_ERR_ARGUMENT, f"cannot roll back to {n_keep} tokens: "
+                                     f"the cache holds {len(self.cached)}")
+        self.discard()
+        native.check(native.lib.ouro_rollback(self._ctx, n_keep), f"rolling back to {n_keep} tokens")
         del self.cached[n_keep:]
+
+    def discard(self) -> None:
+        """Drop the tree of the last decode if it was not committed (the KV is as before it)."""
+        native.check(native.lib.ouro_tree_discard(self._tree))
 
     def reuse_prefix(self, tokens: list[int], *, leave_one: bool = True) -> int:
         """Keep the longest cached prefix of `tokens` (KV reuse across chat turns); returns its length.
@@ -84,17 +96,20 @@ class TreeVerifier:
 
     def prefill(self, tokens: list[int], pos0: int = 0) -> int:
         """Decode tokens into sequence 0 at positions pos0..; returns the target's next token."""
+        self.discard()
         rc_out = native.ffi.new("int32_t *")
         code = native.lib.ouro_decode_chain(self._ctx, tokens, len(tokens), pos0, 0, self._next, rc_out)
-        native.check(code, f"llama_decode returned {rc_out[0]}" if code == -8 else "")
+        native.check(code, f"llama_decode returned {rc_out[0]}" if code == native.OURO_ERR_DECODE else "")
         self.cached[pos0:] = tokens
         return int(self._next[0])
 
     def decode(self, root: int, pos: int, tree: TokenTree) -> np.ndarray:
         """Run the tree through the target; returns the argmax after the root and every node."""
         n = len(tree)
-        code = native.lib.ouro_tree_decode(self._tree, root, pos, list(tree.tokens), list(tree.parents), n)
-        if code == -8:
+        if len(tree.parents) != n:
+            raise native.NativeError(native.OURO_ERR_ARGUMENT, f"the tree has {n} tokens but {len(tree.parents)} parents")
+        code = native.lib.ouro_tree_decode(self._tree, root, pos, list(tree.tokens), n, list(tree.parents), n)
+        if code == native.OURO_ERR_DECODE:
             native.check(code, f"llama_decode returned {native.lib.ouro_tree_last_decode_rc(self._tree)}")
         native.check(code)
         self._decoded = (root, tree)
@@ -105,12 +120,14 @@ class TreeVerifier:
         """Logits of one batch entry (0 = root) as a view into llama.cpp's buffer (no copy)."""
         ptr = native.lib.ouro_tree_logits(self._tree, entry)
         if ptr == native.ffi.NULL:
-            raise native.NativeError(-10, f"no logits for entry {entry}")
+            raise native.NativeError(native.OURO_ERR_STATE, f"no logits for entry {entry}")
         return np.frombuffer(native.ffi.buffer(ptr, 4 * self.context.model.n_vocab), dtype=np.float32)
 
     def logits_last(self) -> np.ndarray:
         """Logits after the last prefill (a view into llama.cpp's buffer)."""
         ptr = native.lib.ouro_logits_last(self._ctx)
+        if ptr == native.ffi.NULL:
+            raise native.NativeError(native.OURO_ERR_NO_LOGITS, "no logits after the last prefill")
         return np.frombuffer(native.ffi.buffer(ptr, 4 * self.context.model.n_vocab), dtype=np.float32)
 
     def accept_greedy(self) -> tuple[list[int], int]:
@@ -134,8 +151,9 @@ class TreeVerifier:
     def verify_greedy(self, root: int, pos: int, tree: TokenTree) -> Outcome:
         """Decode, accept the longest path that matches the target's argmaxes, commit it."""
         argmax = self.decode(root, pos, tree)
-        path, next_token = self.accept_greedy()
-        return self._commit(tree, argmax, path, next_token)
+        with self._discard_on_error():
+            path, next_token = self.accept_greedy()
+            return self._commit(tree, argmax, path, next_token)
 
     def verify_sampled(self, root: int, pos: int, tree: TokenTree, sampler: Sampler,
                        history: list[int]) -> Outcome:
@@ -149,8 +167,18 @@ class TreeVerifier:
             path = [tree.tokens[i] for i in tree.path_to(node)] if node >= 0 else []
             return sampler.probabilities(self.logits(node + 1), [*history, *path])
 
-        path, next_token = accept_sampled(tree, target_probs, sampler, len(history), tree.draft_probs)
-        return self._commit(tree, argmax, path, next_token)
+        with self._discard_on_error():
+            path, next_token = accept_sampled(tree, target_probs, sampler, len(history), tree.draft_probs)
+            return self._commit(tree, argmax, path, next_token)
+
+    @contextmanager
+    def _discard_on_error(self):
+        """Between a decode and its commit: any exception (KeyboardInterrupt too) drops the tree."""
+        try:
+            yield
+        except BaseException:
+            self.discard()
+            raise
 
     def _commit(self, tree: TokenTree, argmax: np.ndarray, path: list[int], next_token: int) -> Outcome:
         self.commit(path[-1] if path else -1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ouroboros_lite import ties
 from ouroboros_lite.catalog import pull
 from ouroboros_lite.runtime import Runtime, RuntimeOptions
 from ouroboros_lite.tree import TokenTree
@@ -73,60 +74,17 @@ def generate_ids(runtime: Runtime, prompt_tokens: list[int], max_tokens: int, me
     return out
 
 
-# Batched verification and one-token decoding run different kernels (and the KV cache keeps what
-# each computed), so at a near-tie the two can rank two tokens differently. A divergence counts as
-# such a tie only when the data shows it. The target alone recomputes the logits of the two tokens
-# after the identical prefix several ways: one token at a time as plain decoding does, and with the
-# prefix prefilled and its last k tokens batched. The tie is shown if the target itself ranks the
-# two tokens both ways, or their mean gap is within the spread of one token's own logit across
-# those computations (the measured kernel noise). A verifier bug, emitting a token the target
-# clearly ranks lower, fails both.
-REBATCHINGS = (1, 2, 8, 32)
-
-
 def first_difference(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
-def _logits_after(runtime, prompt: list[int], continuation: list[int], k: int | None) -> np.ndarray:
-    """Next-token logits after prompt + continuation; k=None: one token at a time after the prompt."""
-    verifier, prefix = runtime.verifier, prompt + continuation
-    runtime.context.clear()
-    if k is None:
-        root, pos = verifier.prefill(prompt), len(prompt)
-        for token in continuation:  # feed the given tokens (not the argmaxes) one by one
-            verifier.decode(token, pos, TokenTree())
-            verifier.commit(-1)
-            pos += 1
-        return verifier.logits_last().copy()
-    verifier.prefill(prefix[:-k])
-    tail = prefix[-k + 1:] if k > 1 else []
-    chain = TokenTree(tuple(tail), tuple(range(-1, len(tail) - 1)), ("draft",) * len(tail))
-    verifier.decode(prefix[-k], len(prefix) - k, chain)
-    logits = verifier.logits(len(tail)).copy()
-    verifier.commit(-1)
-    return logits
+    return ties.first_difference(a, b)
 
 
 def assert_equal_or_tie(runtime, prompt_tokens, reference, candidate, label) -> int:
+    """0 if the texts are equal, 1 if they part at a measured near-tie (ouroboros_lite/ties.py); fails otherwise."""
     i = first_difference(reference, candidate)
     if i is None:
         return 0
     assert i < min(len(reference), len(candidate)), f"{label}: one output stops early without a token difference"
-    pair = (reference[i], candidate[i])
-    ways = [None] + [k for k in REBATCHINGS if k <= min(len(prompt_tokens) + i - 1, runtime.verifier.max_nodes + 1)]
-    rows = np.array([[float(row[t]) for t in pair] for row in
-                     (_logits_after(runtime, prompt_tokens, reference[:i], k) for k in ways)])
-    gaps = rows[:, 0] - rows[:, 1]
-    noise = float(np.max(np.ptp(rows, axis=0)))
-    ranked_both_ways = bool((gaps > 0).any() and (gaps < 0).any())
-    assert ranked_both_ways or abs(float(np.mean(gaps))) <= noise, (
-        f"{label}: token {i} differs ({reference[i]} vs {candidate[i]}) and is no tie: "
-        f"logit gaps {np.round(gaps, 4).tolist()}, kernel noise {noise:.4f}"
-    )
-    print(f"\n{label}: near-tie at token {i}: gap {np.mean(gaps):.4f} vs noise {noise:.4f}, "
-          f"ranked both ways: {ranked_both_ways}")
+    check = ties.check_tie(runtime.verifier, prompt_tokens, reference, candidate)
+    assert check.is_tie, f"{label}: token {i} differs and is no tie: {check.describe()}"
+    print(f"\n{label}: {check.describe()}")
     return 1

@@ -6,11 +6,13 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from ouroboros_lite import Engine, EngineBusyError, OuroborosError
+from ouroboros_lite import Engine, EngineBusyError, EngineClosedError, OuroborosError
+from ouroboros_lite.runtime import ContextSizeWarning
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -114,3 +116,70 @@ def test_config_file_env_and_flags_layer_in_order(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ouroboros_lite", "config"], capture_output=True, text=True,
                          env={**env, "OUROBOROS_LITE_TOP_K": "many"}, timeout=60)
     assert bad.returncode == 1 and "OUROBOROS_LITE_TOP_K" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda e: e.generate("hi", max_tokens=2, top_k="a"), "top-k must be a whole number"),
+    (lambda e: e.generate("hi", max_tokens=None), "max_tokens must be a positive whole number"),
+    (lambda e: e.generate(None, max_tokens=2), "prompt must be a string"),
+    (lambda e: e.chat([{"role": "user"}], max_tokens=2), "'role' and 'content' strings"),
+    (lambda e: e.chat("hello", max_tokens=2), "non-empty list"),
+    (lambda e: e.generate("caf\ud800", max_tokens=2), "lone surrogate U\\+D800"),
+    (lambda e: e.chat([{"role": "user", "content": "\udcff"}], max_tokens=2), "not valid Unicode"),
+    (lambda e: e.generate("hi", max_tokens=2, repeat_penalty=float("nan")), "repeat-penalty must be a finite"),
+    (lambda e: e.generate("hi", max_tokens=2, temperature=0.5, seed=2**64), "seed must be below 2\\*\\*64"),
+], ids=["top_k", "max_tokens", "prompt", "content", "messages", "surrogate", "chat-surrogate", "nan", "seed"])
+def test_api_misuse_raises_a_named_error_that_says_what_to_change(engine, call, message):
+    with pytest.raises(OuroborosError, match=message):
+        call(engine)
+    assert engine.generate("Hi", max_tokens=1).generation_tokens == 1  # the lock was not left held
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"ngram": 1}, "ngram must be a whole number of at least 2"),
+    ({"max_tree_nodes": -5}, "max_tree_nodes must be a whole number of at least 1"),
+    ({"threads": 0}, "threads must be"),
+    ({"top_k": "a"}, "top-k must be a whole number"),
+    ({"temperature": float("inf")}, "temperature must be a finite number"),
+])
+def test_bad_engine_options_are_named_errors(draft_path, options, message):
+    with pytest.raises(OuroborosError, match=message):
+        Engine(target=draft_path, **options)
+
+
+def test_tiny_contexts_are_raised_to_a_working_minimum(draft_path):
+    for n_ctx in range(1, 16):  # each aborted inside llama.cpp (GGML_ASSERT n_outputs_max)
+        with pytest.warns(ContextSizeWarning, match=rf"not {n_ctx} \(raised to the minimum of 64"):
+            engine = Engine(target=draft_path, n_ctx=n_ctx, threads=1)
+        with engine:
+            assert engine.n_ctx >= 64
+            assert engine.generate("Hello", max_tokens=2).generation_tokens == 2
+
+
+def test_close_from_another_thread_cancels_and_waits_for_the_stream(draft_path):
+    for delay in (0.0, 0.05, 0.3):  # before the first step, during prefill, mid-stream
+        engine = Engine(target=draft_path, threads=1, n_ctx=512)
+        stream = engine.generate("Once upon a time, " * 20, max_tokens=400, stream=True)
+        pieces = []
+        worker = threading.Thread(target=lambda: pieces.extend(stream))
+        worker.start()
+        time.sleep(delay)
+        engine.close()  # freed the models under the running decode: a heap use-after-free (exit 139)
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+        assert engine.last is None or engine.last.finish_reason == "cancelled"
+        with pytest.raises(EngineClosedError, match="closed"):
+            engine.generate("Hi", max_tokens=1)
+
+
+def test_a_closed_engine_raises_a_named_error(draft_path):
+    engine = Engine(target=draft_path, threads=1, n_ctx=512)
+    paused = engine.generate("Hello", max_tokens=50, stream=True)
+    next(paused)
+    engine.close()  # the same thread holds a started stream: closed, not waited for forever
+    assert list(paused) == []
+    engine.close()  # twice is fine
+    for call in (lambda: engine.generate("Hi"), lambda: engine.chat([{"role": "user", "content": "Hi"}]),
+                 lambda: engine.reset(), lambda: engine.n_ctx):
+        with pytest.raises(EngineClosedError, match="create a new Engine"):
+            call()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 
@@ -9,6 +10,7 @@ import pytest
 
 from ouroboros_lite import catalog
 from ouroboros_lite.pool import MAGIC, PhrasePool, PoolFileWarning, PoolStats, default_pool_path
+from ouroboros_lite.runtime import pool_file
 
 
 def sample_pool() -> PhrasePool:
@@ -241,3 +243,51 @@ def test_default_pool_path_follows_cache_env(tmp_path, monkeypatch):
     assert path == tmp_path / "cache" / "pools" / "smollm2.pool"
     sample_pool().save(path)
     assert PhrasePool.load(path, 3, 4).phrases(42) == [(13, 14, 15)]
+
+
+def test_tokens_outside_the_vocabulary_are_refused_though_the_checksum_is_valid(tmp_path):
+    for bad in (49152, -1):
+        path = tmp_path / f"{bad}.pool"
+        pool = PhrasePool(phrase_length=3, capacity=4)
+        pool.insert(7, (1, bad, 3))
+        pool.save(path)
+        with pytest.warns(PoolFileWarning, match=f"holds token {bad}, outside this model's vocabulary of 49152"):
+            assert len(PhrasePool.load(path, 3, 4, n_vocab=49152)) == 0
+        assert PhrasePool.load(path, 3, 4).phrases(7) == [(1, bad, 3)]  # without a vocabulary: as saved
+
+
+def test_the_model_identity_is_recorded_and_checked(tmp_path):
+    path, mine, other = tmp_path / "p.pool", b"m" * 32, b"o" * 32
+    sample_pool().save(path, model_id=mine)
+    assert PhrasePool.load(path, 3, 4, model_id=mine).phrases(42) == [(13, 14, 15)]
+    assert PhrasePool.load(path, 3, 4).phrases(42) == [(13, 14, 15)]
+    with pytest.warns(PoolFileWarning, match="was learnt on another model"):
+        assert len(PhrasePool.load(path, 3, 4, model_id=other)) == 0
+    sample_pool().save(path)
+    with pytest.warns(PoolFileWarning, match="does not say which model"):
+        assert len(PhrasePool.load(path, 3, 4, model_id=mine)) == 0
+
+
+def test_only_regular_files_of_a_bounded_size_are_read(tmp_path):
+    fifo = tmp_path / "fifo.pool"
+    os.mkfifo(fifo)
+    load_expecting_warning(fifo, "not a regular file")  # did block forever on open
+    with pytest.raises(OSError, match="not a regular file"):
+        sample_pool().save(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        sample_pool().save(tmp_path)  # a directory: not replaced
+    huge = tmp_path / "huge.pool"
+    with open(huge, "wb") as f:
+        f.truncate(3 << 30)  # sparse
+    load_expecting_warning(huge, "more than a pool file holds")
+
+
+def test_pools_are_keyed_by_the_model_file_not_its_name(tmp_path, monkeypatch):
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    a, b, c = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf", tmp_path / "c" / "model.gguf"
+    for path, content in ((a, b"GGUF one model"), (b, b"GGUF another model"), (c, b"GGUF one model")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    assert pool_file(a, None, 5) != pool_file(b, None, 5)  # shared one pool before: same stem
+    assert pool_file(a, None, 5) == pool_file(c, None, 5)  # a copy of the same model shares it
+    assert pool_file(a, b, 5) != pool_file(a, None, 5) != pool_file(a, None, 4)

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from ouroboros_lite import native
 from ouroboros_lite.native import NativeError
 from ouroboros_lite.tree import TokenTree
 
@@ -195,3 +196,112 @@ def test_a_branch_path_committed_continues_like_the_trunk(runtime_name, request)
         rows.append(v.logits(0).copy())
         v.commit(-1)
     assert np.array_equal(rows[0], rows[1])
+
+
+# --- inputs that used to crash the process or leave the KV cache out of step -----------------
+
+
+def _assert_only_trunk(ctx, n_tokens):
+    assert ctx.seq_pos_max(0) == n_tokens - 1 and ctx.seq_pos_min(0) == (0 if n_tokens else -1)
+    for seq in range(1, ctx.n_seq_max):
+        assert ctx.seq_pos_max(seq) == -1, f"branch sequence {seq} not cleared"
+
+
+BUSH = TokenTree((5, 6, 7, 8), (-1, -1, 0, 0), ("draft",) * 4)  # three paths: branches hold copies
+
+
+def test_commit_of_a_node_out_of_range_is_refused_and_the_tree_stays_decoded(pair):
+    v = pair.verifier
+    prompt = pair.target.tokenize(PROMPT, parse_special=True)
+    root = prefill(pair, prompt)
+    v.decode(root, len(prompt), BUSH)
+    for bad in (2**31 - 1, len(BUSH), -2, -(2**31)):
+        with pytest.raises(NativeError, match="node index out of range"):
+            v.commit(bad)
+    assert native.lib.ouro_tree_commit(v._tree, 2**31 - 1) == native.OURO_ERR_STATE
+    v.commit(2)
+    assert v.cached == prompt + [root, 5, 7]
+    _assert_only_trunk(pair.context, len(prompt) + 3)
+
+
+def test_a_huge_node_count_is_refused_before_any_array_is_read(pair):
+    v = pair.verifier
+    prompt = pair.target.tokenize(PROMPT, parse_special=True)
+    root = prefill(pair, prompt)
+    tokens, parents = native.ffi.new("int32_t[]", [5]), native.ffi.new("int32_t[]", [-1])
+    for n in (2**31 - 1, v.max_nodes + 1):
+        code = native.lib.ouro_tree_decode(v._tree, root, len(prompt), tokens, n, parents, n)
+        assert code == native.OURO_ERR_TOO_MANY_NODES
+    rc = native.ffi.new("int32_t *")
+    assert native.lib.ouro_decode_chain(v._ctx, tokens, 2**31 - 1, len(prompt), 0, native.ffi.NULL, rc) \
+        == native.OURO_ERR_CONTEXT_FULL
+    _assert_only_trunk(pair.context, len(prompt))
+    assert len(v.verify_greedy(root, len(prompt), TokenTree()).tokens) == 1
+
+
+def test_parents_shorter_than_tokens_are_refused_in_python_and_in_c(pair):
+    v = pair.verifier
+    prompt = pair.target.tokenize(PROMPT, parse_special=True)
+    root = prefill(pair, prompt)
+    with pytest.raises(NativeError, match="3 tokens but 2 parents"):
+        v.decode(root, len(prompt), TokenTree((5, 6, 7), (-1, 0), ("draft",) * 3))
+    tokens, parents = native.ffi.new("int32_t[]", [5, 6, 7]), native.ffi.new("int32_t[]", [-1, 0])
+    assert native.lib.ouro_tree_decode(v._tree, root, len(prompt), tokens, 3, parents, 2) == native.OURO_ERR_ARGUMENT
+    _assert_only_trunk(pair.context, len(prompt))
+
+
+def test_rollback_out_of_range_is_refused_and_changes_nothing(pair):
+    v = pair.verifier
+    prompt = pair.target.tokenize(PROMPT, parse_special=True)
+    prefill(pair, prompt)
+    for bad in (-1, -len(prompt), len(prompt) + 1):
+        with pytest.raises(NativeError, match="cannot roll back"):
+            v.rollback(bad)
+        assert v.cached == prompt
+        _assert_only_trunk(pair.context, len(prompt))
+    assert native.lib.ouro_rollback(v._ctx, -1) == native.OURO_ERR_ARGUMENT
+    assert native.lib.ouro_rollback(v._ctx, len(prompt) + 1) == native.OURO_ERR_BAD_POSITION
+    _assert_only_trunk(pair.context, len(prompt))
+    v.rollback(3)
+    assert v.cached == prompt[:3]
+    _assert_only_trunk(pair.context, 3)
+
+
+def test_rollback_drops_an_uncommitted_tree_and_its_branch_copies(pair):
+    v = pair.verifier
+    prompt = pair.target.tokenize(PROMPT, parse_special=True)
+    root = prefill(pair, prompt)
+    v.decode(root, len(prompt), BUSH)
+    assert pair.context.seq_pos_max(2) == len(prompt) + 2  # branch 2 holds the prompt + its path
+    v.rollback(len(prompt) - 2)
+    _assert_only_trunk(pair.context, len(prompt) - 2)
+    with pytest.raises(NativeError, match="no decoded tree"):
+        v.commit(-1)
+    assert v.cached == prompt[:-2]
+
+
+def test_an_exception_while_sampling_rolls_the_tree_back(pair):
+    from ouroboros_lite.sampling import Sampler, SamplingParams
+
+    class Broken(Sampler):
+        def probabilities(self, logits, history):
+            raise KeyError("a bug in a sampler")
+
+    v = pair.verifier
+    prompt = pair.target.tokenize(PROMPT, parse_special=True)
+    root = prefill(pair, prompt)
+    sampler = Broken(SamplingParams(temperature=0.8), 1)
+    with pytest.raises(KeyError):
+        v.verify(root, len(prompt), BUSH, sampler, [*prompt, root])
+    assert v.cached == prompt
+    _assert_only_trunk(pair.context, len(prompt))
+    assert len(v.verify_greedy(root, len(prompt), BUSH).tokens) >= 1
+
+
+def test_native_entry_points_refuse_out_of_range_capacities_and_null(pair):
+    ctx = native.context_pointer(pair.context.handle)
+    for nodes, paths in ((2**31 - 1, 1), (pair.context.n_batch, 1), (-1, 1), (0, 0), (0, 2**31 - 1),
+                         (0, pair.context.n_seq_max + 1)):
+        assert native.lib.ouro_tree_init(ctx, nodes, paths) == native.ffi.NULL, (nodes, paths)
+    assert native.lib.ouro_argmax(native.ffi.NULL, 5) == native.OURO_ERR_ARGUMENT
+    assert native.lib.ouro_tree_discard(native.ffi.NULL) == native.OURO_ERR_ARGUMENT

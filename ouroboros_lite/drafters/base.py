@@ -14,6 +14,7 @@ from ..verify import Outcome
 
 class Drafter(Protocol):
     name: str
+    runs_draft_model: bool  # whether proposing may cost draft-model forwards
     draft_forwards: int  # draft-model forwards so far in this generation
     draft_tokens: int  # tokens those forwards processed (batch widths summed)
 
@@ -32,16 +33,23 @@ class Drafter(Protocol):
     def observe(self, outcome: Outcome) -> None:
         """What the target accepted; used to roll back draft state and tune."""
 
+    def close(self) -> None:
+        """Free what the drafter holds (a draft model's context)."""
+
 
 class NoDraft:
     """Target-only decoding (`--method ar`): the baseline every speed-up is measured against."""
 
     name = "ar"
+    runs_draft_model = False
     draft_forwards = 0
     draft_tokens = 0
 
     def begin(self, prompt: list[int], sampler=None) -> None:
         pass
+
+    def close(self) -> None:
+        pass  # holds no llama.cpp state
 
     def propose(self, history: list[int], budget: int) -> TokenTree:
         return TokenTree()

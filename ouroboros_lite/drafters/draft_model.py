@@ -25,6 +25,7 @@ from ..verify import Outcome, TreeVerifier
 
 class DraftModelDrafter:
     name = "sd"
+    runs_draft_model = True
 
     def __init__(self, model: Model, *, n_ctx: int, options):
         self.model = model
@@ -65,7 +66,8 @@ class DraftModelDrafter:
         return token
 
     def propose(self, history: list[int], budget: int) -> TokenTree:
-        n = min(self.gamma, budget)
+        # the last drafted token is not decoded: the chain's decodes end at len(history) + n - 2
+        n = min(self.gamma, budget, self.context.n_ctx - len(history) + 1)
         self._drafted = []
         if n <= 0:
             return TokenTree()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ..ngram import ContextIndex
 from ..pool import PhrasePool
-from ..tree import TokenTree, TreeBuilder
+from ..tree import DEFAULT_MAX_PATHS, TokenTree, TreeBuilder
 from ..verify import Outcome
 
 
@@ -100,17 +100,21 @@ class LookaheadDrafter:
 
     One target forward verifies: the context's own continuation (ContextIndex: what followed the
     longest earlier occurrence of the last 2-6 tokens), then, where the context has none, up to
-    `guesses` pool phrases keyed by the root, and a Jacobi window of `window` columns."""
+    `guesses` pool phrases keyed by the root, and a Jacobi window of `window` columns, within
+    `max_nodes` nodes and `max_paths` root-to-leaf paths (the verifier's sequence count)."""
 
     name = "lookahead"
+    runs_draft_model = False
     draft_forwards = 0
     draft_tokens = 0
 
-    def __init__(self, pool: PhrasePool, *, window: int = 0, guesses: int = 4, max_nodes: int = 12):
+    def __init__(self, pool: PhrasePool, *, window: int = 0, guesses: int = 4, max_nodes: int = 12,
+                 max_paths: int = DEFAULT_MAX_PATHS):
         self.pool = pool
         self.window = JacobiWindow(window, pool.phrase_length + 1)
         self.guesses = guesses
         self.max_nodes = max_nodes
+        self.max_paths = max_paths
         self.harvester = PhraseHarvester(pool)
         self.context = ContextIndex()
         self._placement = WindowPlacement()
@@ -120,10 +124,13 @@ class LookaheadDrafter:
         self.harvester.restart()
         self.context.reset()
 
+    def close(self) -> None:
+        pass  # holds no llama.cpp state
+
     def propose(self, history: list[int], budget: int) -> TokenTree:
         self.harvester.feed(history)  # the prompt and the output so far: target-quality phrases
         self.context.sync(history)
-        builder = TreeBuilder(min(budget, self.max_nodes))
+        builder = TreeBuilder(min(budget, self.max_nodes), max_paths=self.max_paths)
         root = history[-1]
         copied, _ = self.context.continuation(history, max_length=self.max_nodes)
         builder.add(copied, "pool")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from ..backend import Context, Model
 from ..ngram import ContextIndex
 from ..pool import PhrasePool
-from ..tree import TokenTree, TreeBuilder
+from ..tree import DEFAULT_MAX_PATHS, TokenTree, TreeBuilder
 from ..verify import Outcome, TreeVerifier
 from .lookahead import JacobiWindow, PhraseHarvester, WindowPlacement
 
@@ -53,12 +53,14 @@ class OuroborosParams:
 
 class OuroborosDrafter:
     name = "ouroboros"
+    runs_draft_model = True
 
     def __init__(self, model: Model, pool: PhrasePool, *, n_ctx: int, threads: int, params: OuroborosParams,
-                 flash_attn: bool | None = None, kv_type: str = "f16"):
+                 flash_attn: bool | None = None, kv_type: str = "f16", max_paths: int = DEFAULT_MAX_PATHS):
         self.model = model
         self.pool = pool
         self.params = params
+        self.max_paths = max_paths  # root-to-leaf paths of a target tree (the target verifier's)
         self.gamma = params.draft_length
         self.window = JacobiWindow(params.window, pool.phrase_length + 1)
         paths = params.window + params.draft_guesses + 1
@@ -111,8 +113,9 @@ class OuroborosDrafter:
             self.draft_tokens += len(history) - self._n_cached
             drafted.append(first)
             root, pos = first, len(history)
-        while len(drafted) < length and not any(self.model.is_end_of_generation(t) for t in drafted):
-            builder = TreeBuilder(self.verifier.max_nodes)
+        while (len(drafted) < length and pos < self.context.n_ctx
+               and not any(self.model.is_end_of_generation(t) for t in drafted)):
+            builder = TreeBuilder(self._room_at(pos), max_paths=self.verifier.max_paths)
             for phrase in self.pool.recent(root, self.params.draft_guesses):
                 builder.add(phrase, "pool")
             placement = self.window.place(builder, root) if self.params.window else WindowPlacement()
@@ -127,8 +130,14 @@ class OuroborosDrafter:
         self._n_cached = pos  # the KV now holds history + drafted[:-1]
         return drafted
 
+    def _room_at(self, pos: int) -> int:
+        """Nodes a draft tree with its root at pos may have: the draft KV holds pos cells and the
+        root takes one more (the draft context is as long as the target's, its trees are wider)."""
+        return max(0, min(self.verifier.max_nodes, self.context.n_ctx - pos - 1))
+
     # --- 2 tree -------------------------------------------------------------------------------------
-    def propose(self, history: list[int], budget: int) -> TokenTree:
+    def propose(self, history: list[int], budget: int, *, draft_model: bool = True) -> TokenTree:
+        """draft_model=False: only what costs no draft forward (a context copy), else an empty tree."""
         self.harvester.feed(history)
         self._history_length = len(history)
         self._drafted, self._lengthening = [], []
@@ -140,8 +149,10 @@ class OuroborosDrafter:
             copied, _ = self.context_index.continuation(history, max_length=budget)
             if copied:  # the draft catches up on what the target accepts in one batch, next cycle
                 return TokenTree.chain(copied, "pool")
+        if not draft_model:
+            return TokenTree()
         drafted = self._draft(history, min(self.gamma, budget))[:budget]
-        builder = TreeBuilder(budget)
+        builder = TreeBuilder(budget, max_paths=self.max_paths)
         chain = builder.add(drafted, "draft")
         self._drafted = drafted
         for phrase in self.pool.recent(drafted[-1], self.params.candidates):

@@ -15,6 +15,7 @@ from ..verify import Outcome
 
 class PromptLookupDrafter:
     name = "pld"
+    runs_draft_model = False
     draft_forwards = 0
     draft_tokens = 0
 
@@ -24,6 +25,9 @@ class PromptLookupDrafter:
 
     def begin(self, prompt: list[int], sampler=None) -> None:
         self.index.reset()
+
+    def close(self) -> None:
+        pass  # holds no llama.cpp state
 
     def propose(self, history: list[int], budget: int) -> TokenTree:
         self.index.sync(history)

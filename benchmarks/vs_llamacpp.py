@@ -1,0 +1,316 @@
+"""Our methods next to llama.cpp's own plain, speculative and lookup decoding, on the same prompts.
+
+    python benchmarks/vs_llamacpp.py --target qwen2.5-coder-1.5b-instruct-q4_k_m \
+        --draft qwen2.5-coder-0.5b-instruct-q4_k_m --limit 6 -n 128 -t 2
+
+(defaults: the test pair, 6 Spec-Bench prompts, 128 tokens.) The first run builds llama.cpp's
+`llama-completion`, `llama-speculative-simple` and `llama-lookup` once, from the llama.cpp tree
+vendored in the pinned llama-cpp-python sdist (the same llama.cpp our native module runs), into the
+cache: `<cache>/llama.cpp-tools/<version>/` (a stamp file marks a finished build; `--build-only`
+stops there). Then, prompt by prompt, interleaved so that drift hits everyone alike:
+
+- llama.cpp: plain decoding (llama-completion), speculative-simple with --spec-draft-n-max 3 and 8,
+  lookup (prompt n-gram lookup, no static/dynamic cache files);
+- ours: ar, sd, pld, ouroboros (greedy, same threads, same context size).
+
+Both sides see identical tokens: the prompt text is what our Runtime feeds the target (for chat
+sets the target's chat template applied, BOS and special tokens included) and llama.cpp gets that
+text from a file with its own chat templating off (-no-cnv for llama-completion; the two examples
+never template) and its BOS not added a second time (llama.cpp drops an added BOS when the text
+already starts with one). Each speed is generation only, counted the same way on both sides: the
+tokens after the first over the time after the first, from llama.cpp's own timing lines
+(`llama_perf_context_print: eval time`, which excludes the prompt; for the examples their
+"decoded N tokens in S seconds" line, which starts after the prompt). Where ggml's AMX weight path is
+active (`backend.amx_active`) llama.cpp gets --no-repack, as our loader does: it segfaults otherwise.
+The table: per method the median tok/s over prompts, and its ratio to llama.cpp's plain decoding
+and to our ar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+TOOLS = ("llama-completion", "llama-speculative-simple", "llama-lookup")
+CMAKE_CONFIGURE = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_EXAMPLES=ON",
+                   "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+                   "-DLLAMA_OPENSSL=OFF")
+
+
+class BuildError(Exception):
+    pass
+
+
+def tools_dir() -> Path:
+    from ouroboros_lite.catalog import cache_dir
+
+    return cache_dir() / "llama.cpp-tools" / LLAMA_CPP_PYTHON_VERSION
+
+
+def _run_logged(command: list[str], log: Path, what: str, cwd: Path | None = None) -> None:
+    with log.open("a") as out:
+        out.write(f"\n$ {' '.join(command)}\n")
+        out.flush()
+        done = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
+        raise BuildError(f"{what} failed (exit {done.returncode}; log {log}): {tail[0][:200] if tail else ''}")
+
+
+def build_tools(jobs: int = 2) -> dict[str, Path]:
+    """The three llama.cpp binaries, built once into the cache; BuildError (one line) when that fails."""
+    home = tools_dir()
+    stamp = home / "BUILT"
+    binaries = {name: home / "build" / "bin" / name for name in TOOLS}
+    if stamp.is_file() and all(path.is_file() for path in binaries.values()):
+        return binaries
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "build.log"
+    log.write_text("")
+    source = home / "llama.cpp"
+    started = time.perf_counter()
+    if not (source / "CMakeLists.txt").is_file():
+        print(f"fetching the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist ...", file=sys.stderr)
+        with tempfile.TemporaryDirectory(dir=home) as work:
+            _run_logged([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
+                         "-d", work, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"], log, "pip download")
+            archives = list(Path(work).glob("llama_cpp_python-*.tar.gz"))
+            if not archives:
+                raise BuildError(f"pip download gave no sdist in {work} (log {log})")
+            prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/"
+            with tarfile.open(archives[0]) as archive:
+                members = [m for m in archive.getmembers() if m.name.startswith(prefix)]
+                if not members:
+                    raise BuildError(f"{archives[0].name} holds no vendor/llama.cpp")
+                for member in members:
+                    member.name = member.name[len(prefix):]
+                archive.extractall(Path(work) / "llama.cpp", members=[m for m in members if m.name],
+                                   filter="data")
+            shutil.rmtree(source, ignore_errors=True)
+            shutil.move(Path(work) / "llama.cpp", source)
+    print(f"building {', '.join(TOOLS)} in {home} (log {log}) ...", file=sys.stderr)
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise BuildError("cmake is not installed (pip install cmake)")
+    _run_logged([cmake, "-S", str(source), "-B", str(home / "build"), *CMAKE_CONFIGURE], log, "cmake configure")
+    _run_logged([cmake, "--build", str(home / "build"), f"-j{jobs}", "--target", *TOOLS], log, "cmake build")
+    missing = [name for name, path in binaries.items() if not path.is_file()]
+    if missing:
+        raise BuildError(f"the build finished without {', '.join(missing)} (log {log})")
+    minutes = (time.perf_counter() - started) / 60
+    stamp.write_text(f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}, built in {minutes:.1f} min\n")
+    print(f"built in {minutes:.1f} min", file=sys.stderr)
+    return binaries
+
+
+
+# --- llama.cpp's side -----------------------------------------------------------------------------
+
+# name -> (binary, extra arguments); {draft} is filled in. Every other setting is llama.cpp's default
+# (speculative-simple: greedy draft, no minimum probability; lookup: prompt n-grams, its default draft
+# length, no cache files).
+LLAMA_METHODS = {
+    "llama.cpp": ("llama-completion", ["-no-cnv", "--no-display-prompt"]),
+    "llama.cpp spec n-max 3": ("llama-speculative-simple", ["-md", "{draft}", "--spec-draft-n-max", "3"]),
+    "llama.cpp spec n-max 8": ("llama-speculative-simple", ["-md", "{draft}", "--spec-draft-n-max", "8"]),
+    "llama.cpp lookup": ("llama-lookup", []),
+}
+OUR_METHODS = ("ar", "sd", "pld", "ouroboros")
+EVAL_LINE = re.compile(r"llama_perf_context_print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs")
+PROMPT_EVAL_LINE = re.compile(r"llama_perf_context_print: prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens")
+DECODED_LINE = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds")
+ENCODED_LINE = re.compile(r"encoded\s+(\d+) tokens in")
+
+
+class RunFailed(Exception):
+    pass
+
+
+def llama_generation_tps(binary: str, log: str) -> tuple[float, int, int]:
+    """(tok/s after the first token, generated tokens, prompt tokens) from a tool's own timing lines.
+
+    llama-completion: its eval time, which counts only the one-token decodes after the prompt, i.e.
+    exactly the tokens after the first. The examples print "decoded N tokens in S seconds" from the
+    end of the prompt: lookup's prompt forward already gave the first token, so (N - 1) / S;
+    speculative-simple holds the last prompt token back for its first verification, whose forward
+    yields the first token with the first accepted drafts, so N / S (the rate of its decode loop)."""
+    if binary == "llama-completion":
+        evals, prompt = EVAL_LINE.search(log), PROMPT_EVAL_LINE.search(log)
+        if not evals or not prompt:
+            raise RunFailed("no llama_perf_context_print eval lines in its log")
+        ms, runs = float(evals.group(1)), int(evals.group(2))
+        return (runs / (ms / 1e3) if ms > 0 else 0.0), runs + 1, int(prompt.group(1))
+    decoded, encoded = DECODED_LINE.search(log), ENCODED_LINE.search(log)
+    if not decoded or not encoded:
+        raise RunFailed("no 'decoded N tokens in S seconds' line in its log")
+    n, seconds = int(decoded.group(1)), float(decoded.group(2))
+    counted = n if binary == "llama-speculative-simple" else n - 1
+    return (counted / seconds if seconds > 0 else 0.0), n, int(encoded.group(1))
+
+
+def run_llama(binaries: dict[str, Path], method: str, prompt_file: Path, common: list[str],
+              draft: Path | None, timeout: float) -> tuple[float, int, int, bytes]:
+    """(tok/s, generated tokens, prompt tokens, stdout) of one llama.cpp run; RunFailed when it fails."""
+    binary, extra = LLAMA_METHODS[method]
+    command = [str(binaries[binary]), *common, "-f", str(prompt_file),
+               *[part.format(draft=draft) for part in extra]]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"timed out after {timeout:.0f} s") from None
+    log = done.stderr.decode("utf-8", errors="replace")
+    if done.returncode != 0:
+        last = [line for line in log.splitlines() if line.strip()][-1:] or [""]
+        raise RunFailed(f"exit {done.returncode}: {last[0][:160]}")
+    tps, n, prompt_tokens = llama_generation_tps(binary, log)
+    return tps, n, prompt_tokens, done.stdout
+
+
+def generated_text(stdout: bytes, prompt_echo: bytes) -> bytes:
+    """The generated part of a tool's stdout: the examples echo the prompt after two newlines."""
+    if stdout.startswith(b"\n\n"):
+        stdout = stdout[2:]
+    if stdout.startswith(prompt_echo):
+        stdout = stdout[len(prompt_echo):]
+    return stdout.removesuffix(b"\n\n").removesuffix(b" [end of text]\n")
+
+
+def same_text(a: bytes, b: bytes) -> bool:
+    """The shorter text begins the longer (one side may stop earlier or print the end token)."""
+    a, b = a.strip(), b.strip()
+    return a.startswith(b) or b.startswith(a)
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def print_table(results: dict[str, list[float | None]], agree: dict[str, int], prompts: int) -> None:
+    """Median tok/s per method, ratios to llama.cpp's plain decoding and to our ar."""
+    plain, ar = median([v for v in results["llama.cpp"] if v]), median([v for v in results["ar"] if v])
+    print(f"{'method':24s} {'tok/s':>7s} {'x llama.cpp':>11s} {'per prompt':>11s} {'x our ar':>8s} "
+          f"{'same text as ar':>15s}")
+    for method, values in results.items():
+        ok = [v for v in values if v]
+        if not ok:
+            print(f"{method:24s} {'failed':>7s}")
+            continue
+        ratios = [v / p for v, p in zip(values, results["llama.cpp"]) if v and p]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
+        failed = f" ({prompts - len(ok)} failed)" if len(ok) < prompts else ""
+        print(f"{method:24s} {median(ok):7.1f} {median(ok) / plain:11.2f} {spread:>11s} {median(ok) / ar:8.2f} "
+              f"{agree[method]:>9d} of {prompts}{failed}")
+
+
+def main() -> None:
+    from ouroboros_lite.bench import PROMPT_SETS, load_prompts, shipped_prompts
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="smollm2-135m-instruct-f32", help="catalog name or .gguf path")
+    parser.add_argument("--draft", default="smollm2-135m-instruct-q4_1", help="catalog name or .gguf path")
+    parser.add_argument("--prompts", default="spec-bench",
+                        help=f"a shipped set ({', '.join(PROMPT_SETS)}) or a .jsonl/.txt file (chat-wrapped)")
+    parser.add_argument("--no-chat", action="store_true", help="do not wrap the prompts in the chat template")
+    parser.add_argument("--limit", type=int, default=6, help="prompts (round-robin over categories; default 6)")
+    parser.add_argument("-n", type=int, default=128, help="tokens to generate per prompt (default 128)")
+    parser.add_argument("-t", "--threads", type=int, default=2, help="threads for both sides (default 2)")
+    parser.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size for both sides (4096)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds one llama.cpp run may take")
+    parser.add_argument("--build-only", action="store_true", help="build llama.cpp's tools and stop")
+    parser.add_argument("-j", "--jobs", type=int, default=2, help="parallel compile jobs for the build (default 2)")
+    args = parser.parse_args()
+
+    binaries = build_tools(args.jobs)
+    if args.build_only:
+        for name, path in binaries.items():
+            print(f"{name}: {path}")
+        return
+
+    from ouroboros_lite.backend import ChatMessage, amx_active, system_info
+    from ouroboros_lite.bench import run_method
+    from ouroboros_lite.catalog import resolve_model
+    from ouroboros_lite.drafters.ouroboros import OuroborosParams
+    from ouroboros_lite.runtime import Runtime, RuntimeOptions
+    from ouroboros_lite.tune import load_tuned
+
+    target, draft = resolve_model(args.target), resolve_model(args.draft)
+    if args.prompts in PROMPT_SETS:
+        prompts_path, chat = shipped_prompts(args.prompts), PROMPT_SETS[args.prompts][1]
+    else:
+        prompts_path, chat = Path(args.prompts), True
+    chat = chat and not args.no_chat
+    prompts = [text for _, text in load_prompts(prompts_path, args.limit)]
+    no_repack = amx_active(system_info())
+    common = ["-m", str(target), "-n", str(args.n), "-t", str(args.threads), "-tb", str(args.threads),
+              "-c", str(args.ctx_size), "--temp", "0", "--no-escape", *(["--no-repack"] if no_repack else [])]
+    load = os.getloadavg()[0]
+    print(f"{target.name} + draft {draft.name}; {len(prompts)} prompts x {args.n} tokens, {args.threads} threads, "
+          f"{'chat template' if chat else 'raw text'}{', --no-repack (AMX)' if no_repack else ''}; "
+          f"load average {load:.1f}" + (" -- busy machine, ratios unreliable" if load > (os.cpu_count() or 1) else ""))
+
+    options = RuntimeOptions(threads=args.threads, n_ctx=args.ctx_size,
+                             ouroboros=load_tuned(target, draft) or OuroborosParams())
+    methods = [*LLAMA_METHODS, *OUR_METHODS]
+    results: dict[str, list[float | None]] = {m: [] for m in methods}
+    agree = dict.fromkeys(methods, 0)
+    with Runtime(target, draft, options=options) as runtime, tempfile.TemporaryDirectory() as work:
+        for method in OUR_METHODS:
+            runtime.drafter_for(method)
+        model = runtime.target
+        for index, prompt in enumerate(prompts):
+            # the exact text our Runtime tokenizes; llama.cpp tokenizes it the same way (specials parsed,
+            # BOS added as the model asks), with no template of its own
+            text = model.apply_chat_template([ChatMessage("user", prompt)]) if chat else prompt
+            tokens = model.tokenize(text, add_special=True, parse_special=True)
+            if index == 0:
+                run_method(runtime, tokens, "ar", 8)  # warm-up: page faults, thread start-up
+            prompt_file = Path(work) / "prompt.txt"
+            prompt_file.write_bytes(text.encode("utf-8") + b"\n")  # -f drops one trailing newline
+            echo = b"".join(model.token_bytes(t, special=True) for t in tokens)
+            order = methods if index % 2 == 0 else methods[::-1]  # alternate, so no method always runs first
+            texts: dict[str, bytes] = {}
+            for method in order:
+                if method in LLAMA_METHODS:
+                    try:
+                        tps, _, prompt_tokens, stdout = run_llama(binaries, method, prompt_file, common, draft,
+                                                                  args.timeout)
+                    except RunFailed as exc:
+                        print(f"prompt {index + 1}: {method} failed: {exc}", file=sys.stderr)
+                        results[method].append(None)
+                        continue
+                    if prompt_tokens != len(tokens):
+                        print(f"prompt {index + 1}: {method} saw {prompt_tokens} prompt tokens, we {len(tokens)}",
+                              file=sys.stderr)
+                    texts[method] = generated_text(stdout, echo)
+                else:
+                    generated, last = run_method(runtime, tokens, method, args.n)
+                    tps = last.generation_tps
+                    texts[method] = b"".join(model.token_bytes(t) for t in generated)
+                results[method].append(tps)
+            for method, generated in texts.items():
+                agree[method] += same_text(generated, texts["ar"])
+            print(f"prompt {index + 1}/{len(prompts)} done", file=sys.stderr, flush=True)
+    print_table(results, agree, len(prompts))
+
+
+if __name__ == "__main__":
+    from ouroboros_lite.errors import OuroborosError
+
+    try:
+        main()
+    except BuildError as exc:
+        sys.exit(f"vs_llamacpp: error: building llama.cpp's tools: {exc}")
+    except OuroborosError as exc:
+        sys.exit(f"vs_llamacpp: error: {exc}")

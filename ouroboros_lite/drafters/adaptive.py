@@ -1,0 +1,155 @@
+"""Speculation that never costs more than it gives: each cycle picks, from the speed it measured,
+whether to run the draft model, to send only free guesses, or to take a plain target step.
+
+On a GPU a tree costs about one token and speculation always pays; on a 2-core CPU a batch of 8
+costs ~2.8 target tokens and a draft token ~0.45 of one (the Qwen pair, ../shared/docs/testbeds.md),
+so a draft pays only where the text is predictable, and a wrong guess is a loss. The wrapper keeps
+three arms, each a running estimate of emitted tokens per second of wall time (draft, verify and
+Python, measured from one proposal to the next):
+- "plain": an empty tree, exactly one `ar` step;
+- "free": guesses that cost no draft forward (context copies, pool phrases, a window);
+- "draft": the inner drafter's full proposal, draft model included.
+A free or draft proposal is made while its arm is at least as fast as plain; a losing arm is
+retried after `probe_every` chances, then after twice as many each time it loses again (up to
+`max_probe_every`, so retries cost ~1 %), and plain every `probe_every` cycles, so each estimate
+stays current and speculation comes back when the text turns predictable. The choice never changes the
+output: every tree is verified by the target, so the text is ar's (acceptance.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..tree import TokenTree
+from ..verify import Outcome
+
+
+@dataclass
+class Arm:
+    """Exponential running means of tokens and seconds per cycle."""
+
+    smoothing: float
+    tokens: float = 0.0
+    seconds: float = 0.0
+    cycles: int = 0
+    chances_skipped: int = 0
+    retry_interval: int = 0  # chances skipped between two retries while the arm loses (grows)
+
+    def update(self, tokens: int, seconds: float) -> None:
+        a = 1.0 if self.cycles == 0 else self.smoothing
+        self.tokens += a * (tokens - self.tokens)
+        self.seconds += a * (seconds - self.seconds)
+        self.cycles += 1
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("inf")
+
+
+ARMS = ("plain", "free", "draft")
+
+
+def arm_of(tree: TokenTree) -> str:
+    if not len(tree):
+        return "plain"
+    return "draft" if "draft" in tree.sources else "free"
+
+
+class AdaptiveDrafter:
+    """Wraps a drafter (ouroboros, or its draft-free mode) and gates its proposals by measured speed."""
+
+    def __init__(self, inner, *, probe_every: int = 16, max_probe_every: int = 64, smoothing: float = 0.3,
+                 min_samples: int = 2):
+        self.inner = inner
+        self.name = inner.name
+        self.runs_draft_model = inner.runs_draft_model
+        self.pool = inner.pool
+        self.probe_every = probe_every
+        self.max_probe_every = max_probe_every
+        self.min_samples = min_samples
+        self.arms = {name: Arm(smoothing) for name in ARMS}
+        self.cycles_by_arm = dict.fromkeys(ARMS, 0)  # this generation's choices (for statistics)
+        self._pending: tuple[str, float] | None = None  # arm and start time of the cycle in flight
+        self._tokens = 0
+        self._inner_proposed = False
+
+    @property
+    def draft_forwards(self) -> int:
+        return self.inner.draft_forwards
+
+    @property
+    def draft_tokens(self) -> int:
+        return self.inner.draft_tokens
+
+    def begin(self, prompt: list[int], sampler=None) -> None:
+        self.inner.begin(prompt, sampler)
+        self.cycles_by_arm = dict.fromkeys(ARMS, 0)
+        self._pending = None  # the prefill before the first cycle is nobody's cost
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def speedup_over_plain(self, tokens_per_second: float) -> float | None:
+        """A generation's speed over the plain (ar) steps measured in it; None before any were."""
+        plain = self.arms["plain"]
+        if plain.cycles < self.min_samples or not tokens_per_second:
+            return None
+        return tokens_per_second / plain.rate
+
+    # --- one cycle ----------------------------------------------------------------------------------
+    def propose(self, history: list[int], budget: int) -> TokenTree:
+        now = time.perf_counter()
+        self._finish_cycle(now)
+        tree = TokenTree()
+        self._inner_proposed = False
+        if budget > 0 and not self._plain_is_due():
+            if self.runs_draft_model and self._worth("draft"):
+                tree = self.inner.propose(history, budget)
+            elif self.runs_draft_model:
+                tree = self.inner.propose(history, budget, draft_model=False)
+            else:
+                tree = self.inner.propose(history, budget)
+            if arm_of(tree) == "free" and not self._worth("free"):
+                tree = TokenTree()  # free guesses that do not pay here: a plain step instead
+            self._inner_proposed = len(tree) > 0
+        arm = arm_of(tree)
+        self.cycles_by_arm[arm] += 1
+        self._pending = (arm, now)
+        return tree
+
+    def observe(self, outcome: Outcome) -> None:
+        self._tokens = len(outcome.tokens)
+        if self._inner_proposed:
+            self.inner.observe(outcome)
+
+    # --- the choice ---------------------------------------------------------------------------------
+    def _finish_cycle(self, now: float) -> None:
+        if self._pending is not None:
+            arm, start = self._pending
+            self.arms[arm].update(self._tokens, now - start)
+        self._pending = None
+
+    def _plain_is_due(self) -> bool:
+        """Keep the plain step's estimate fresh (and measured at all) while speculation wins."""
+        plain = self.arms["plain"]
+        if plain.cycles < self.min_samples:  # speculate first, then measure plain steps
+            return sum(arm.cycles for arm in self.arms.values()) >= self.min_samples
+        plain.chances_skipped += 1
+        if plain.chances_skipped >= self.probe_every:
+            plain.chances_skipped = 0
+            return True
+        return False
+
+    def _worth(self, name: str) -> bool:
+        """Whether to spend this cycle on arm `name`: unmeasured, as fast as plain, or due a retry."""
+        arm, plain = self.arms[name], self.arms["plain"]
+        if arm.cycles < self.min_samples or plain.cycles < self.min_samples or arm.rate >= plain.rate:
+            arm.chances_skipped, arm.retry_interval = 0, self.probe_every
+            return True
+        arm.chances_skipped += 1
+        if arm.chances_skipped >= arm.retry_interval:  # a retry; each one that loses waits twice as long
+            arm.chances_skipped = 0
+            arm.retry_interval = min(2 * arm.retry_interval, self.max_probe_every)
+            return True
+        return False

@@ -1,0 +1,102 @@
+"""The adaptive gate (drafters/adaptive.py) without models: a fake drafter and a fake clock."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from ouroboros_lite.drafters import adaptive
+from ouroboros_lite.drafters.adaptive import AdaptiveDrafter
+from ouroboros_lite.tree import TokenTree
+
+
+class FakeDrafter:
+    name = "fake"
+    runs_draft_model = True
+    draft_forwards = draft_tokens = 0
+
+    def __init__(self, copy_available=False):
+        self.pool = object()
+        self.copy_available = copy_available
+        self.observed = 0
+
+    def begin(self, prompt, sampler=None):
+        pass
+
+    def propose(self, history, budget, *, draft_model=True):
+        if self.copy_available:
+            return TokenTree.chain([7, 8], "pool")
+        return TokenTree.chain([1, 2, 3], "draft") if draft_model else TokenTree()
+
+    def observe(self, outcome):
+        self.observed += 1
+
+    def close(self):
+        pass
+
+
+def run(drafter, cycles, cost, monkeypatch):
+    """cost(arm) -> (seconds, tokens emitted) of one cycle of that arm; returns the arms chosen."""
+    clock = [0.0]
+    monkeypatch.setattr(adaptive.time, "perf_counter", lambda: clock[0])
+    chosen = []
+    drafter.begin([1, 2, 3])
+    for _ in range(cycles):
+        tree = drafter.propose([1, 2, 3], 8)
+        arm = adaptive.arm_of(tree)
+        seconds, tokens = cost(arm)
+        clock[0] += seconds
+        drafter.observe(SimpleNamespace(tokens=(0,) * tokens))
+        chosen.append(arm)
+    return chosen
+
+
+def test_a_draft_slower_than_plain_steps_is_mostly_skipped(monkeypatch):
+    gate = AdaptiveDrafter(FakeDrafter(), probe_every=16)
+    # a draft cycle: 2.6 plain steps of time for 2 tokens (the Qwen pair on 2 cores, low acceptance)
+    chosen = run(gate, 400, lambda arm: (2.6, 2) if arm == "draft" else (1.0, 1), monkeypatch)
+    late = chosen[50:]
+    assert late.count("draft") / len(late) < 0.1  # only the periodic probes
+    assert late.count("draft") > 0  # but it keeps probing, to come back when the text turns predictable
+    speed = sum((2 if a == "draft" else 1) for a in late) / sum((2.6 if a == "draft" else 1.0) for a in late)
+    assert speed >= 0.97  # never much slower than plain decoding
+
+
+def test_a_draft_faster_than_plain_steps_runs_nearly_always(monkeypatch):
+    gate = AdaptiveDrafter(FakeDrafter(), probe_every=16)
+    chosen = run(gate, 400, lambda arm: (2.0, 4) if arm == "draft" else (1.0, 1), monkeypatch)
+    late = chosen[50:]
+    assert late.count("draft") / len(late) > 0.9
+    assert 0 < late.count("plain") <= len(late) // 16 + 1  # plain re-measured every probe_every cycles
+
+
+def test_it_comes_back_when_drafting_starts_to_pay(monkeypatch):
+    gate = AdaptiveDrafter(FakeDrafter(), probe_every=8)
+    state = {"cycle": 0}
+
+    def cost(arm):
+        state["cycle"] += 1
+        if arm != "draft":
+            return 1.0, 1
+        return (3.0, 1) if state["cycle"] < 200 else (2.0, 5)  # the text turns predictable
+
+    chosen = run(gate, 400, cost, monkeypatch)
+    assert chosen[100:200].count("draft") < 20
+    assert chosen[300:].count("draft") > 80
+
+
+def test_free_guesses_that_do_not_pay_become_plain_steps(monkeypatch):
+    inner = FakeDrafter(copy_available=True)
+    gate = AdaptiveDrafter(inner, probe_every=16)
+    chosen = run(gate, 300, lambda arm: (2.5, 1) if arm == "free" else (1.0, 1), monkeypatch)
+    assert chosen[50:].count("free") < 25
+    # the inner drafter hears only about the trees it proposed and that were sent
+    assert inner.observed == chosen.count("free")
+
+
+@pytest.mark.parametrize("budget", [0])
+def test_no_budget_is_a_plain_step(budget, monkeypatch):
+    gate = AdaptiveDrafter(FakeDrafter())
+    gate.begin([1])
+    assert len(gate.propose([1], budget)) == 0
