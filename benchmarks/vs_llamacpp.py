@@ -14,16 +14,25 @@ stops there). Then, prompt by prompt, interleaved so that drift hits everyone al
 - ours: ar, sd, pld, ouroboros (greedy, same threads, same context size).
 
 Both sides see identical tokens: the prompt text is what our Runtime feeds the target (for chat
-sets the target's chat template applied, BOS and special tokens included) and llama.cpp gets that
-text from a file with its own chat templating off (-no-cnv for llama-completion; the two examples
-never template) and its BOS not added a second time (llama.cpp drops an added BOS when the text
-already starts with one). Each speed is generation only, counted the same way on both sides: the
-tokens after the first over the time after the first, from llama.cpp's own timing lines
-(`llama_perf_context_print: eval time`, which excludes the prompt; for the examples their
-"decoded N tokens in S seconds" line, which starts after the prompt). Where ggml's AMX weight path is
-active (`backend.amx_active`) llama.cpp gets --no-repack, as our loader does: it segfaults otherwise.
-The table: per method the median tok/s over prompts, and its ratio to llama.cpp's plain decoding
-and to our ar.
+sets the target's chat template applied, special tokens written out) and llama.cpp reads it from a
+file (-f; --no-escape) with its own chat templating off (-no-cnv for llama-completion; the two
+examples never template). Both tokenize it with the same call (llama_tokenize, add_special and
+parse_special on), so BOS is added exactly as our Runtime adds it; the script checks the prompt
+token count llama.cpp reports against ours and says so where they differ.
+
+Each speed is generation only, counted the same way on both sides: the tokens after the first over
+the time after the first, from llama.cpp's own timing lines (llama-completion: its `eval time = ...
+ms / N runs` line, the one-token decodes after the prompt; the examples: their "decoded N tokens
+in S seconds" line, see llama_generation_tps). Greedy (--temp 0) everywhere; "same text as ar"
+counts prompts whose generated text agrees with our ar's (the shorter one begins the longer).
+Where ggml's AMX weight path is active (`backend.amx_active`) llama.cpp gets --no-repack, as our
+loader does: it segfaults otherwise. The llama.cpp tools are built with GGML_NATIVE=ON; our
+llama-cpp-python may have been built otherwise, and `x llama.cpp` of our ar shows that difference.
+
+The table: per method the median tok/s over prompts, its ratio to llama.cpp's plain decoding (and
+the per-prompt range of that ratio), and its ratio to our ar. Check the load first: a neighbour on
+2 cores stalls llama.cpp's two OpenMP threads (measured: 0.4 instead of 10 tok/s, where our loop
+lost far less); `--omp-wait-policy passive` sets OMP_WAIT_POLICY for both sides.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -113,21 +123,22 @@ def build_tools(jobs: int = 2) -> dict[str, Path]:
     return binaries
 
 
-
 # --- llama.cpp's side -----------------------------------------------------------------------------
 
 # name -> (binary, extra arguments); {draft} is filled in. Every other setting is llama.cpp's default
-# (speculative-simple: greedy draft, no minimum probability; lookup: prompt n-grams, its default draft
-# length, no cache files).
+# (speculative-simple: greedy draft, no minimum probability, and it needs --spec-type draft-simple to
+# use -md at all; lookup: prompt n-grams, its default draft length of 3, no cache files).
 LLAMA_METHODS = {
     "llama.cpp": ("llama-completion", ["-no-cnv", "--no-display-prompt"]),
-    "llama.cpp spec n-max 3": ("llama-speculative-simple", ["-md", "{draft}", "--spec-draft-n-max", "3"]),
-    "llama.cpp spec n-max 8": ("llama-speculative-simple", ["-md", "{draft}", "--spec-draft-n-max", "8"]),
+    "llama.cpp spec n-max 3": ("llama-speculative-simple", ["-md", "{draft}", "--spec-type", "draft-simple",
+                                                         "--spec-draft-n-max", "3"]),
+    "llama.cpp spec n-max 8": ("llama-speculative-simple", ["-md", "{draft}", "--spec-type", "draft-simple",
+                                                         "--spec-draft-n-max", "8"]),
     "llama.cpp lookup": ("llama-lookup", []),
 }
 OUR_METHODS = ("ar", "sd", "pld", "ouroboros")
-EVAL_LINE = re.compile(r"llama_perf_context_print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs")
-PROMPT_EVAL_LINE = re.compile(r"llama_perf_context_print: prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens")
+EVAL_LINE = re.compile(r"_perf_\w*print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs")
+PROMPT_EVAL_LINE = re.compile(r"_perf_\w*print: prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens")
 DECODED_LINE = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds")
 ENCODED_LINE = re.compile(r"encoded\s+(\d+) tokens in")
 
@@ -147,7 +158,7 @@ def llama_generation_tps(binary: str, log: str) -> tuple[float, int, int]:
     if binary == "llama-completion":
         evals, prompt = EVAL_LINE.search(log), PROMPT_EVAL_LINE.search(log)
         if not evals or not prompt:
-            raise RunFailed("no llama_perf_context_print eval lines in its log")
+            raise RunFailed("no 'eval time = ... ms / N runs' line in its log")
         ms, runs = float(evals.group(1)), int(evals.group(2))
         return (runs / (ms / 1e3) if ms > 0 else 0.0), runs + 1, int(prompt.group(1))
     decoded, encoded = DECODED_LINE.search(log), ENCODED_LINE.search(log)
@@ -188,6 +199,8 @@ def generated_text(stdout: bytes, prompt_echo: bytes) -> bytes:
 def same_text(a: bytes, b: bytes) -> bool:
     """The shorter text begins the longer (one side may stop earlier or print the end token)."""
     a, b = a.strip(), b.strip()
+    if not a or not b:  # an empty text begins every text: only another empty one counts as the same
+        return a == b
     return a.startswith(b) or b.startswith(a)
 
 
@@ -215,22 +228,27 @@ def print_table(results: dict[str, list[float | None]], agree: dict[str, int], p
 
 
 def main() -> None:
-    from ouroboros_lite.bench import PROMPT_SETS, load_prompts, shipped_prompts
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="smollm2-135m-instruct-f32", help="catalog name or .gguf path")
     parser.add_argument("--draft", default="smollm2-135m-instruct-q4_1", help="catalog name or .gguf path")
     parser.add_argument("--prompts", default="spec-bench",
-                        help=f"a shipped set ({', '.join(PROMPT_SETS)}) or a .jsonl/.txt file (chat-wrapped)")
+                        help="a prompt set shipped with ouroboros_lite.bench (spec-bench, humaneval-even, humaneval-odd) "
+                             "or a .jsonl/.txt file (chat-wrapped)")
     parser.add_argument("--no-chat", action="store_true", help="do not wrap the prompts in the chat template")
     parser.add_argument("--limit", type=int, default=6, help="prompts (round-robin over categories; default 6)")
     parser.add_argument("-n", type=int, default=128, help="tokens to generate per prompt (default 128)")
     parser.add_argument("-t", "--threads", type=int, default=2, help="threads for both sides (default 2)")
     parser.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size for both sides (4096)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one llama.cpp run may take")
+    parser.add_argument("--llama-args", default="", help="extra arguments for every llama.cpp run, e.g. '--poll 0'")
+    parser.add_argument("--omp-wait-policy", choices=("active", "passive"), default=None,
+                        help="OMP_WAIT_POLICY for both sides (default: unset, libgomp's own). With a neighbour "
+                             "on the cores, 'passive' keeps llama.cpp's 2 spinning threads from stalling each other")
     parser.add_argument("--build-only", action="store_true", help="build llama.cpp's tools and stop")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="parallel compile jobs for the build (default 2)")
     args = parser.parse_args()
+    if args.omp_wait_policy:  # before anything loads libgomp (importing ouroboros_lite loads llama.cpp)
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
 
     binaries = build_tools(args.jobs)
     if args.build_only:
@@ -239,7 +257,7 @@ def main() -> None:
         return
 
     from ouroboros_lite.backend import ChatMessage, amx_active, system_info
-    from ouroboros_lite.bench import run_method
+    from ouroboros_lite.bench import PROMPT_SETS, load_prompts, run_method, shipped_prompts
     from ouroboros_lite.catalog import resolve_model
     from ouroboros_lite.drafters.ouroboros import OuroborosParams
     from ouroboros_lite.runtime import Runtime, RuntimeOptions
@@ -254,11 +272,14 @@ def main() -> None:
     prompts = [text for _, text in load_prompts(prompts_path, args.limit)]
     no_repack = amx_active(system_info())
     common = ["-m", str(target), "-n", str(args.n), "-t", str(args.threads), "-tb", str(args.threads),
-              "-c", str(args.ctx_size), "--temp", "0", "--no-escape", *(["--no-repack"] if no_repack else [])]
+              "-c", str(args.ctx_size), "--temp", "0", "--no-escape", *(["--no-repack"] if no_repack else []),
+              *shlex.split(args.llama_args)]
     load = os.getloadavg()[0]
     print(f"{target.name} + draft {draft.name}; {len(prompts)} prompts x {args.n} tokens, {args.threads} threads, "
           f"{'chat template' if chat else 'raw text'}{', --no-repack (AMX)' if no_repack else ''}; "
-          f"load average {load:.1f}" + (" -- busy machine, ratios unreliable" if load > (os.cpu_count() or 1) else ""))
+          f"load average {load:.1f}" + (" -- busy machine, ratios unreliable (a neighbour stalls llama.cpp's "
+                                        "spinning threads most; see --omp-wait-policy)"
+                                        if load > (os.cpu_count() or 1) - 0.5 else ""))
 
     options = RuntimeOptions(threads=args.threads, n_ctx=args.ctx_size,
                              ouroboros=load_tuned(target, draft) or OuroborosParams())
@@ -306,11 +327,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from ouroboros_lite.errors import OuroborosError
-
     try:
         main()
     except BuildError as exc:
         sys.exit(f"vs_llamacpp: error: building llama.cpp's tools: {exc}")
-    except OuroborosError as exc:
-        sys.exit(f"vs_llamacpp: error: {exc}")
+    except Exception as exc:  # ouroboros_lite is imported late (see --omp-wait-policy)
+        from ouroboros_lite.errors import OuroborosError
+
+        if isinstance(exc, OuroborosError):
+            sys.exit(f"vs_llamacpp: error: {exc}")
+        raise

@@ -122,7 +122,7 @@ def apply_repack_to_llama_cpp_python(repack: str = "auto") -> None:
     """Make llama-cpp-python's own `Llama` (benchmarks and test references; we never use it) load
     with our repack decision: it has no parameter for use_extra_bufts and crashes where AMX is active."""
     current = llama_cpp.llama_cpp.llama_model_default_params  # what llama_cpp.Llama calls
-    defaults = getattr(current, "__wrapped__", current)
+    defaults = getattr(current, "_ouroboros_original", current)  # (not __wrapped__: the ctypes stub's)
     extra_buffers = use_extra_buffers(system_info(), repack)
 
     def model_params():
@@ -130,7 +130,7 @@ def apply_repack_to_llama_cpp_python(repack: str = "auto") -> None:
         params.use_extra_bufts = extra_buffers
         return params
 
-    model_params.__wrapped__ = defaults
+    model_params._ouroboros_original = defaults
     llama_cpp.llama_cpp.llama_model_default_params = model_params
 
 

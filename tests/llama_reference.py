@@ -9,15 +9,22 @@ so the child loads with the same repack decision as ours (backend.apply_repack_t
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import ouroboros_lite
+
 
 def reference_greedy(path: Path, prompt_tokens: list[int], n: int, *, threads: int) -> list[int]:
     request = json.dumps({"path": str(path), "tokens": prompt_tokens, "n": n, "threads": threads})
-    done = subprocess.run([sys.executable, __file__], input=request, capture_output=True, text=True, timeout=600)
+    # the child imports the same ouroboros_lite as this process (a source checkout or the installed one)
+    package_root = str(Path(ouroboros_lite.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, __file__], input=request, capture_output=True, text=True, timeout=600,
+                          env=env)
     if done.returncode != 0:
         how = (f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0
                else f"exit {done.returncode}")
