@@ -144,8 +144,14 @@ def _load():
     _promote_libllama()
     ffi = FFI()
     ffi.cdef(CDEF)
-    lib = ffi.dlopen(str(_find_library()))
-    if lib.ouro_abi_version() != ABI_VERSION:
+    path = _find_library()
+    try:
+        lib = ffi.dlopen(str(path))
+        version = lib.ouro_abi_version()
+    except (OSError, AttributeError) as exc:  # not a shared library, or not ours
+        raise OuroborosError(f"{path} is not the ouroboros-lite native library ({exc}); unset "
+                             "OUROBOROS_LITE_NATIVE or point it at a built libouro") from None
+    if version != ABI_VERSION:
         raise OuroborosError("the native library is from another version; reinstall the package")
     return ffi, lib
 

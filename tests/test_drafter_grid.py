@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ouroboros_lite.drafters.draft_model import DraftModelDrafter
-from ouroboros_lite.drafters.lookahead import LookaheadDrafter
+from ouroboros_lite.drafters.lookahead import LookaheadDrafter, PhraseHarvester
 from ouroboros_lite.drafters.ouroboros import OuroborosDrafter, OuroborosParams
 from ouroboros_lite.generate import stream_generate
 from ouroboros_lite.pool import PhrasePool
@@ -66,16 +66,24 @@ class Recorder:
         return tree
 
 
-def drafters(runtime: Runtime):
+def warm_pool(ngram: int, capacity: int, tokens: list[int]) -> PhrasePool:
+    """A pool that already holds the text's phrases (as one loaded from an earlier run): guesses
+    for almost every root, so trees are as wide as the grid allows."""
+    pool = PhrasePool(phrase_length=ngram - 1, capacity=capacity)
+    PhraseHarvester(pool).feed(tokens)
+    return pool
+
+
+def drafters(runtime: Runtime, tokens: list[int]):
     """(label, drafter) for every grid point and method."""
     o, paths = runtime.options, runtime.verifier.max_paths
     for window, guesses, nodes, copy_match, ngram in GRID:
-        pool = PhrasePool(phrase_length=ngram - 1, capacity=o.pool_capacity)
+        pool = warm_pool(ngram, o.pool_capacity, tokens)
         yield f"lookahead W{window} G{guesses} n{nodes} N{ngram}", LookaheadDrafter(
             pool, window=window, guesses=guesses, max_nodes=nodes, max_paths=paths)
         params = OuroborosParams(window=window, draft_guesses=guesses, max_target_nodes=nodes, copy_match=copy_match,
                                  candidates=2)
-        pool = PhrasePool(phrase_length=ngram - 1, capacity=o.pool_capacity)
+        pool = warm_pool(ngram, o.pool_capacity, tokens)
         yield f"ouroboros W{window} G{guesses} n{nodes} c{copy_match} N{ngram}", OuroborosDrafter(
             runtime.draft, pool, n_ctx=runtime.context.n_ctx, threads=o.threads, params=params,
             flash_attn=o.flash_attn, kv_type=o.kv_type, max_paths=paths)
@@ -85,7 +93,7 @@ def drafters(runtime: Runtime):
 @pytest.mark.parametrize("place", sorted(PLACES))
 def test_every_drafter_tree_is_accepted_by_the_verifier(pair256, text_tokens, place):
     prompt = text_tokens[:PLACES[place]]
-    for label, drafter in drafters(pair256):
+    for label, drafter in drafters(pair256, text_tokens):
         start = time.perf_counter()
         recorder = Recorder(drafter, pair256.verifier)
         responses = stream_generate(pair256.target, pair256.verifier, recorder, prompt, max_tokens=N_CTX,
