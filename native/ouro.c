@@ -44,6 +44,9 @@ void ouro_abi_batch_layout(int64_t out[8]) {
 int32_t ouro_abi_version(void) { return OURO_ABI_VERSION; }
 
 int32_t ouro_n_vocab(const struct llama_context * ctx) {
+    if (ctx == NULL) {
+        return OURO_ERR_ARGUMENT;
+    }
     return llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
 }
 
@@ -159,7 +162,7 @@ done:
 }
 
 float * ouro_logits_last(struct llama_context * ctx) {
-    return llama_get_logits_ith(ctx, -1);
+    return ctx == NULL ? NULL : llama_get_logits_ith(ctx, -1);
 }
 
 int32_t ouro_rollback(struct llama_context * ctx, llama_pos pos) {

@@ -55,7 +55,7 @@ typedef struct ouro_tree ouro_tree;
 void    ouro_abi_batch_layout(int64_t out[8]);
 int32_t ouro_abi_version(void);
 
-/* n_vocab of the context's model, read through llama.h. */
+/* n_vocab of the context's model, read through llama.h (OURO_ERR_ARGUMENT for NULL). */
 int32_t ouro_n_vocab(const struct llama_context * ctx);
 
 /* Index of the largest value (the first one on ties), as llama.cpp's greedy sampler picks;

@@ -189,7 +189,7 @@ class Runtime:
 
             return LookaheadDrafter(self._new_pool(), window=options.target_window,
                                     guesses=options.target_guesses,
-                                    max_nodes=options.ouroboros.max_target_nodes)
+                                    max_nodes=options.ouroboros.max_target_nodes, max_paths=self.verifier.max_paths)
         if self.draft is None:
             raise OuroborosError(f"--method {method} needs a draft model (--draft NAME|PATH)")
         if method == "sd":
@@ -199,7 +199,8 @@ class Runtime:
         from .drafters.ouroboros import OuroborosDrafter
 
         return OuroborosDrafter(self.draft, self._new_pool(), n_ctx=n_ctx, threads=options.threads,
-                                params=options.ouroboros, flash_attn=options.flash_attn, kv_type=options.kv_type)
+                                params=options.ouroboros, flash_attn=options.flash_attn, kv_type=options.kv_type,
+                                max_paths=self.verifier.max_paths)
 
     def _new_pool(self) -> PhrasePool:
         # one pool per drafter: methods compared side by side must not learn from each other's runs

@@ -305,3 +305,6 @@ def test_native_entry_points_refuse_out_of_range_capacities_and_null(pair):
         assert native.lib.ouro_tree_init(ctx, nodes, paths) == native.ffi.NULL, (nodes, paths)
     assert native.lib.ouro_argmax(native.ffi.NULL, 5) == native.OURO_ERR_ARGUMENT
     assert native.lib.ouro_tree_discard(native.ffi.NULL) == native.OURO_ERR_ARGUMENT
+    assert native.lib.ouro_rollback(native.ffi.NULL, 0) == native.OURO_ERR_ARGUMENT
+    assert native.lib.ouro_logits_last(native.ffi.NULL) == native.ffi.NULL
+    assert native.lib.ouro_n_vocab(native.ffi.NULL) == native.OURO_ERR_ARGUMENT
