@@ -93,7 +93,7 @@ class AdaptiveDrafter:
     def speedup_over_plain(self, tokens_per_second: float) -> float | None:
         """A generation's speed over the plain (ar) steps measured in it; None before any were."""
         plain = self.arms["plain"]
-        if plain.cycles < self.min_samples or not tokens_per_second:
+        if plain.cycles < 8 or not tokens_per_second:  # fewer plain steps say little
             return None
         return tokens_per_second / plain.rate
 
