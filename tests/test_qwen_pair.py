@@ -3,7 +3,7 @@ feature switched on, is token-identical to target-only greedy decoding, near-tie
 
 Q4_K's batched and one-token kernels differ by up to ~0.16 logit on this target, so divergences at
 near-ties happen; each must be proven one (ouroboros_lite/ties.py). Skipped where the pair is not
-cached (`ouroboros-lite pull qwen2.5-coder-1.5b-instruct-q4_k_m`); .ci/run pulls it."""
+cached (`ouroboros-lite pull qwen2.5-coder-1.5b-instruct-q4_k_m`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ PROMPTS = [  # (text, chat template?)
 catalog = load_catalog()
 pytestmark = pytest.mark.skipif(
     not (is_verified(catalog.get(TARGET)) and is_verified(catalog.get(DRAFT))),
-    reason=f"the Qwen pair is not cached (ouroboros-lite pull {TARGET}; pull {DRAFT})")
+    reason=f"the Qwen pair is not cached (ouroboros-lite pull {TARGET}; pull {DRAFT}); .ci/run does not pull it yet")
 
 
 @pytest.fixture(scope="module")
