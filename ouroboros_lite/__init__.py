@@ -7,8 +7,9 @@ from .errors import OuroborosError
 # Loaded on first use (PEP 562), so that `ouroboros-lite` reports a broken install (llama.cpp or the
 # native library) as a one-line error from its command instead of a traceback at import.
 _LAZY = {"Completion": ".engine", "Engine": ".engine", "EngineBusyError": ".engine",
-         "EngineClosedError": ".engine", "GenerationResponse": ".generate", "SpecStats": ".generate",
-         "Runtime": ".runtime", "RuntimeOptions": ".runtime", "SamplingParams": ".sampling"}
+         "EngineClosedError": ".engine", "GenerationResponse": ".generate", "SpecStats": ".stats",
+         "Models": ".runtime", "Runtime": ".runtime", "RuntimeOptions": ".runtime", "Session": ".runtime",
+         "SamplingParams": ".sampling"}
 
 __all__ = [*_LAZY, "OuroborosError"]
 __version__ = "0.1.0"

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import llama_cpp
 
-from .config import REPACK_SETTINGS
 from . import gguf_meta
 from .errors import ModelFileError, OuroborosError
 
@@ -111,11 +110,11 @@ def use_extra_buffers(info: str, repack: str = "auto") -> bool:
     ARM, but where the AMX buffer is active every batch of 2+ tokens segfaults inside
     ggml_backend_amx_mul_mat (llama.cpp #20824), so "auto" turns it off exactly there, like
     llama.cpp's --no-repack."""
-    if repack not in REPACK_SETTINGS:
-        raise OuroborosError(f"repack must be one of {', '.join(REPACK_SETTINGS)}; got {repack!r}")
     if repack == "auto":
         return not amx_active(info)
-    return repack == "on"
+    if repack in ("on", "off"):  # config.REPACK_SETTINGS, checked there for files, env and flags
+        return repack == "on"
+    raise OuroborosError(f"repack must be one of auto, on, off; got {repack!r}")
 
 
 def apply_repack_to_llama_cpp_python(repack: str = "auto") -> None:

@@ -19,7 +19,9 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from . import drafters
 from .costs import CostProfile
+from .stats import SpecStats, tokens_per_second
 
 
 # Prompt sets shipped with the package (data/README.md): name -> (file, wrapped in the chat template?).
@@ -47,7 +49,7 @@ def default_prompts() -> Path:
 
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_model_args, add_sampling_args, positive_int
+    from .arguments import add_model_args, add_sampling_args, positive_int
 
     add_model_args(parser)
     add_sampling_args(parser, temperature_help=argparse.SUPPRESS)
@@ -71,42 +73,38 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class MethodResult:
+    """A method's generations added up; every rate derives from their SpecStats."""
+
     method: str
+    generations: int = 0
     tokens: int = 0
     seconds: float = 0.0
-    target_forwards: int = 0
-    target_batch_tokens: int = 0
-    draft_forwards: int = 0
-    draft_batch_tokens: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    accepted_from_pool: int = 0
+    spec: SpecStats = field(default_factory=SpecStats)
     mismatches: list[int] = field(default_factory=list)  # prompts whose text differs from ar's
     near_ties: list[int] = field(default_factory=list)  # those of them that first differ at a near-tie
 
     @property
     def tps(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
-
-    @property
-    def tokens_per_forward(self) -> float:
-        return self.tokens / self.target_forwards if self.target_forwards else 0.0
+        return tokens_per_second(self.tokens, self.seconds, self.generations)
 
     @property
     def draft_forwards_per_token(self) -> float:
-        return self.draft_forwards / self.tokens if self.tokens else 0.0
+        return self.spec.draft_forwards / self.tokens if self.tokens else 0.0
 
     def add(self, tokens: int, last) -> None:
-        spec = last.spec
+        self.generations += 1
         self.tokens += tokens
         self.seconds += last.generation_seconds
-        self.target_forwards += spec.target_forwards
-        self.target_batch_tokens += spec.target_batch_tokens
-        self.draft_forwards += spec.draft_forwards
-        self.draft_batch_tokens += spec.draft_batch_tokens
-        self.drafted += spec.drafted_tokens
-        self.accepted += spec.accepted_tokens
-        self.accepted_from_pool += spec.accepted_by_source.get("pool", 0) + spec.accepted_by_source.get("window", 0)
+        self.spec = self.spec + last.spec
+
+    def summary(self) -> dict:
+        """The JSON row: the counters and the rates derived from them."""
+        spec = self.spec
+        return {**asdict(self), "tps": self.tps, "acceptance_rate": spec.acceptance_rate,
+                "tokens_per_forward": spec.tokens_per_forward, "draft_forwards_per_token": self.draft_forwards_per_token,
+                "accepted_from_pool": spec.accepted_from_pool,
+                "seconds_split": {"draft": spec.draft_seconds, "verify": spec.verify_seconds,
+                                  "other": spec.other_seconds(self.seconds)}}
 
 
 def load_prompts(path: Path, limit: int) -> list[tuple[str, str]]:
@@ -174,11 +172,11 @@ def run_method(runtime, tokens: list[int], method: str, max_tokens: int, samplin
 
 def has_exact_flag(method: str, temperature: float) -> bool:
     """Whether the method's text must equal ar's: not sd's when sampling, which depends on its draft's draws."""
-    return temperature <= 0 or method.removesuffix("-cold") != "sd"
+    return temperature <= 0 or drafters.method(method).sampled_like_ar
 
 
 def cmd_bench(args) -> int:
-    from .cli import runtime_options, sampling_params
+    from .arguments import runtime_options, sampling_params
     from .errors import OuroborosError
     from .runtime import Runtime
     from .ties import check_tie
@@ -267,22 +265,22 @@ def print_table(results: dict[str, MethodResult], temperature: float = 0.0) -> N
     print(f"{'method':16s} {'tok/s':>7s} {'speed-up':>9s} {'accept':>7s} {'tok/fwd':>8s} {'dft fwd/tok':>12s} "
           f"{'pool tok':>8s}  exact")
     for r in results.values():
-        acceptance = f"{r.accepted / r.drafted:.0%}" if r.drafted else "-"
+        acceptance = f"{r.spec.acceptance_rate:.0%}" if r.spec.drafted_tokens else "-"
         real = [m for m in r.mismatches if m not in r.near_ties]
         exact = f"NO {real}" if real else (f"ties {r.near_ties}" if r.near_ties else "yes")
         if not has_exact_flag(r.method, temperature):
             exact = "- (sampled draft)"
         print(f"{r.method:16s} {r.tps:7.1f} {r.tps / base if base else 0:8.2f}x {acceptance:>7s} "
-              f"{r.tokens_per_forward:8.2f} {r.draft_forwards_per_token:12.2f} {r.accepted_from_pool:8d}  {exact}")
+              f"{r.spec.tokens_per_forward:8.2f} {r.draft_forwards_per_token:12.2f} {r.spec.accepted_from_pool:8d}  {exact}")
 
 
 def projected_tps(r: MethodResult, profile: CostProfile) -> float:
     """Tokens over the time the same forwards would take with the profile's step times."""
-    seconds = 0.0
-    if r.target_forwards:
-        seconds += r.target_forwards * profile.target_step(r.target_batch_tokens / r.target_forwards)
-    if r.draft_forwards:
-        seconds += r.draft_forwards * profile.draft_step(r.draft_batch_tokens / r.draft_forwards)
+    spec, seconds = r.spec, 0.0
+    if spec.target_forwards:
+        seconds += spec.target_forwards * profile.target_step(spec.target_batch_tokens / spec.target_forwards)
+    if spec.draft_forwards:
+        seconds += spec.draft_forwards * profile.draft_step(spec.draft_batch_tokens / spec.draft_forwards)
     return r.tokens / seconds if seconds else 0.0
 
 
@@ -291,16 +289,15 @@ def print_projection(results: dict[str, MethodResult], profile: CostProfile) -> 
     base = projected_tps(results["ar"], profile)
     print(f"{'method':16s} {'tok/s':>8s} {'speed-up':>9s} {'target batch':>13s} {'draft batch':>12s}")
     for r in results.values():
-        tps = projected_tps(r, profile)
-        tb = r.target_batch_tokens / r.target_forwards if r.target_forwards else 0
-        db = r.draft_batch_tokens / r.draft_forwards if r.draft_forwards else 0
+        spec, tps = r.spec, projected_tps(r, profile)
+        tb = spec.target_batch_tokens / spec.target_forwards if spec.target_forwards else 0
+        db = spec.draft_batch_tokens / spec.draft_forwards if spec.draft_forwards else 0
         print(f"{r.method:16s} {tps:8.1f} {tps / base if base else 0:8.2f}x {tb:13.1f} {db:12.1f}")
 
 
 def write_json(path, prompts, max_tokens, all_totals, per_category, profile) -> None:
     def rows(table):
-        return [{**asdict(r), "tps": r.tps, "tokens_per_forward": r.tokens_per_forward,
-                 "draft_forwards_per_token": r.draft_forwards_per_token} for r in table.values()]
+        return [r.summary() for r in table.values()]
 
     temperatures = list(all_totals)
     totals = all_totals[temperatures[0]]

@@ -19,6 +19,7 @@ from pathlib import Path
 from .backend import ChatMessage
 from .engine import Completion, Engine, trim_to_context
 from .errors import OuroborosError
+from .stops import stop_list
 
 HELP = """commands:
   /help          this list
@@ -38,8 +39,10 @@ RESET = "\033[0m"
 class ChatSession:
     """The conversation and the commands; the Engine does the generating."""
 
-    def __init__(self, engine: Engine, *, system: str | None, max_tokens: int, show_drafts: bool, out=sys.stdout):
+    def __init__(self, engine: Engine, *, system: str | None, max_tokens: int, show_drafts: bool, out=sys.stdout,
+                 stop: list[str] | None = None):
         self.engine = engine
+        self.stop = stop
         self.messages: list[ChatMessage] = [ChatMessage("system", system)] if system else []
         self.max_tokens = max_tokens
         self.show_drafts = show_drafts
@@ -167,7 +170,8 @@ class ChatSession:
             self.say("[stopped]")
             return
         reply = []
-        stream = self.engine.chat(self.messages, max_tokens=self.max_tokens, stream=True, sources=True)
+        stream = self.engine.chat(self.messages, max_tokens=self.max_tokens, stream=True, sources=True,
+                                  stop=self.stop)
         try:
             for piece in stream:
                 reply.append(piece.text)
@@ -205,7 +209,7 @@ def format_stats(last: Completion | None) -> str:
 
 
 def engine_from_args(args) -> Engine:
-    from .cli import runtime_options, sampling_params
+    from .arguments import runtime_options, sampling_params
 
     options = runtime_options(args)
     sampling = sampling_params(args, default_temperature=0.8)
@@ -222,6 +226,7 @@ def run_chat(args) -> int:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
+    stop_list(args.stop)  # an empty --stop is an error before the model loads
     with engine_from_args(args) as engine:
         engine.chat_tokens([ChatMessage("user", "Hello")])  # a broken chat template fails here, not every turn
         runtime = engine.runtime
@@ -229,7 +234,8 @@ def run_chat(args) -> int:
         print(f"ouroboros-lite chat: {pair}, method {engine.method}, temperature {engine.sampling.temperature:g}",
               file=sys.stderr)
         print("/help lists commands; Ctrl-C stops a reply; Ctrl-D or Ctrl-C at the prompt exits", file=sys.stderr)
-        session = ChatSession(engine, system=args.system, max_tokens=args.max_tokens, show_drafts=args.show_drafts)
+        session = ChatSession(engine, system=args.system, max_tokens=args.max_tokens, show_drafts=args.show_drafts,
+                              stop=args.stop)
         while True:
             try:
                 line = session.read_message()

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .drafters import METHODS as _REGISTRY
 from .errors import OuroborosError
 
 CONFIG_ENV = "OUROBOROS_LITE_CONFIG"
 ENV_PREFIX = "OUROBOROS_LITE_"
-METHODS = ("ar", "sd", "pld", "lookahead", "ouroboros")  # the decoding methods (runtime.py builds them)
+METHODS = tuple(_REGISTRY)  # the decoding methods (drafters/__init__.py registers them)
 REPACK_SETTINGS = ("auto", "on", "off")  # CPU weight repacking (llama.cpp's --repack/--no-repack)
 
 
@@ -68,15 +69,22 @@ SETTINGS: dict[str, Setting] = {
     "max_draft": Setting(int, None, "longest draft chain (gamma's cap)"),
     "warm_pool": Setting(bool, True, "keep the phrase pool across runs"),
     "repack": Setting(str, "auto", "CPU weight repacking: auto (off where ggml's AMX kernels would crash), on, off"),
+    "host": Setting(str, "127.0.0.1", "address `serve` listens on (loopback: this machine only)"),
+    "port": Setting(int, 8080, "port `serve` listens on (0 = any free port)"),
+    "parallel": Setting(int, None, "conversations `serve` generates at once, sharing one copy of the weights "
+                                   "(None = what fits, 2 to 4)"),
+    "api_key": Setting(str, None, "key `serve` requires as 'Authorization: Bearer KEY'"),
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS, "repack": REPACK_SETTINGS}
 # the least value of numeric settings (smaller contexts are raised to a working minimum at load time)
 MINIMUM: dict[str, int] = {"threads": 1, "ctx_size": 1, "ngram": 2, "window": 0, "draft_guesses": 0, "candidates": 0,
-                           "max_target_nodes": 1, "max_draft": 1, "top_k": 0, "repeat_last_n": -1}
+                           "max_target_nodes": 1, "max_draft": 1, "top_k": 0, "repeat_last_n": -1, "port": 0,
+                           "parallel": 1}
 
 # how `format_config` shows None: "-" where it means "nothing", "auto" where something is picked later
-_NONE_AS_DASH = {"draft", "system"}
+_NONE_AS_DASH = {"draft", "system", "api_key"}
+_SECRET = {"api_key"}  # shown as "(set)", never printed
 
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 _TRUE = {"1", "true", "yes", "on"}
@@ -248,6 +256,8 @@ def apply_to_namespace(args: argparse.Namespace, *, env: Mapping[str, str] = os.
 def format_value(name: str, value: Any) -> str:
     if value is None:
         return "-" if name in _NONE_AS_DASH else "auto"
+    if name in _SECRET:
+        return "(set)"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

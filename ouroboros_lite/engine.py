@@ -26,9 +26,11 @@ from .backend import ChatMessage
 from .catalog import resolve_pair
 from .config import SETTINGS
 from .errors import OuroborosError, PromptTooLongError
-from .generate import GenerationResponse, SpecStats
-from .runtime import Runtime, RuntimeOptions
+from .generate import GenerationResponse
+from .stats import SpecStats, tokens_per_second
+from .runtime import Models, Runtime, RuntimeOptions, Session
 from .sampling import SamplingParams
+from .stops import StopStrings
 
 SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
 OPTION_FIELDS = {f.name for f in fields(RuntimeOptions)}
@@ -94,8 +96,7 @@ class Completion:
 
     @property
     def tokens_per_second(self) -> float:
-        n = self.generation_tokens - 1  # the first token comes with the prompt
-        return n / self.generation_seconds if n > 0 and self.generation_seconds > 0 else 0.0
+        return tokens_per_second(self.generation_tokens, self.generation_seconds)
 
     @property
     def acceptance_rate(self) -> float:
@@ -113,21 +114,35 @@ class Engine:
     SamplingParams field (temperature, top_k, top_p, min_p, repeat_penalty, seed) as defaults for
     every call; method: ar | sd | pld | lookahead | ouroboros (default: ouroboros, which runs its
     draft-free mode without a draft); warm_pool: load the pair's phrase pool from the cache now and
-    save it on close."""
+    save it on close. models: generate on weights already loaded (runtime.Models, shared by several
+    Engines, each with its own KV cache); closing the Engine then leaves them loaded."""
 
     _active = None  # a weak reference to the Stream of the running generation
     _closing = False
 
     def __init__(self, target: str | Path | None = None, draft: str | Path | None = None, *,
-                 method: str | None = None, warm_pool: bool = False, **options):
+                 method: str | None = None, warm_pool: bool = False, models: Models | None = None, **options):
         unknown = set(options) - SAMPLING_FIELDS - OPTION_FIELDS
         if unknown:
             raise OuroborosError(f"unknown Engine option(s): {', '.join(sorted(unknown))}")
         self.sampling = SamplingParams(**{k: v for k, v in options.items() if k in SAMPLING_FIELDS})
-        runtime_options = RuntimeOptions(**{k: v for k, v in options.items() if k in OPTION_FIELDS})
         self.method = method or SETTINGS["method"].default
-        target, draft, self.draft_note = resolve_pair(target, draft)  # a cached catalog pair is used
-        self.runtime = Runtime(target, draft, method=self.method, options=runtime_options)
+        if models is not None:  # a session on weights shared with other Engines (a server's slots)
+            given = sorted(set(options) & OPTION_FIELDS) + [name for name, v in (("target", target), ("draft", draft)) if v]
+            if given:
+                raise OuroborosError(f"{', '.join(given)}: set on the shared Models, not on an Engine that uses them")
+            self.draft_note = None
+            self.runtime = Session(models, method=self.method)
+        else:
+            target, draft, self.draft_note = resolve_pair(target, draft)  # a cached catalog pair is used
+            given = {k: v for k, v in options.items() if k in OPTION_FIELDS}
+            if "ouroboros" not in given:  # what `ouroboros-lite tune` chose for this pair, as the CLI uses
+                from .tune import load_tuned
+
+                tuned = load_tuned(target, draft) if target.is_file() else None
+                given.update({"ouroboros": tuned} if tuned else {})
+            runtime_options = RuntimeOptions(**given)
+            self.runtime = Runtime(target, draft, method=self.method, options=runtime_options)
         self.warm_pool = warm_pool and self.runtime.has_pool()
         if self.warm_pool:
             self.runtime.load_pool()
@@ -137,24 +152,28 @@ class Engine:
 
     # --- generation ---------------------------------------------------------------------------------
     def generate(self, prompt: str, *, max_tokens: int = 256, stream: bool = False, sources: bool = False,
-                 **sampling):
+                 stop: str | Sequence[str] | None = None, reuse_cache: bool = False, **sampling):
         """Continue raw text (no chat template).
 
         stream=False: a Completion. stream=True: a Stream of text pieces (Piece(text, source)
-        values with sources=True); `engine.last` holds the Completion so far."""
+        values with sources=True); `engine.last` holds the Completion so far. stop: a string or
+        strings; the text ends before the first of them (finish_reason "stop"), and a stream holds
+        back a piece that could be the beginning of one until it is known not to be. reuse_cache:
+        keep the longest prefix of the prompt the KV cache holds, as chat turns do (the text is the
+        same; a server's completions of prompts with a common beginning decode only the rest)."""
         if not isinstance(prompt, str):
             raise OuroborosError(f"prompt must be a string, got {type(prompt).__name__}")
         return self._start(lambda: self._open().tokenize_prompt(prompt), max_tokens, stream, sources, sampling,
-                           reuse_cache=False)
+                           reuse_cache=reuse_cache, stop=stop)
 
     def chat(self, messages: Sequence[dict | ChatMessage], *, max_tokens: int = 1024, stream: bool = False,
-             sources: bool = False, **sampling):
+             sources: bool = False, stop: str | Sequence[str] | None = None, **sampling):
         """Answer the last message of a conversation, with the model's chat template; as generate.
 
         messages: {"role": ..., "content": ...} dicts or ChatMessage values. The KV cache keeps
         the previous turn, so only the new part of the conversation is decoded."""
         return self._start(lambda: self.chat_tokens(messages), max_tokens, stream, sources, sampling,
-                           reuse_cache=True)
+                           reuse_cache=True, stop=stop)
 
     def chat_tokens(self, messages: Sequence[dict | ChatMessage]) -> list[int]:
         if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Sequence) or not messages:
@@ -188,7 +207,7 @@ class Engine:
             raise EngineBusyError(busy_message)
 
     def _start(self, tokenize, max_tokens: int, stream: bool, sources: bool, sampling: dict, *,
-               reuse_cache: bool):
+               reuse_cache: bool, stop=None):
         """tokenize() runs under the lock, so a concurrent close cannot free the model under it."""
         unknown = set(sampling) - SAMPLING_FIELDS
         if unknown:
@@ -196,6 +215,7 @@ class Engine:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
             raise OuroborosError(f"max_tokens must be a positive whole number, got {max_tokens!r}")
         params = replace(self.sampling, **sampling)
+        stops = StopStrings(stop)
         self._acquire("this Engine is already generating; wait for it, cancel it, or use a second Engine")
         try:
             if self._closing:
@@ -205,7 +225,7 @@ class Engine:
             self._lock.release()
             raise
         self._cancel.clear()
-        pieces = Stream(self._run(tokens, max_tokens, params, reuse_cache, sources), self._lock.release)
+        pieces = Stream(self._run(tokens, max_tokens, params, reuse_cache, sources, stops), self._lock.release)
         self._active = weakref.ref(pieces)
         if stream:
             return pieces
@@ -213,7 +233,7 @@ class Engine:
             pass
         return self.last
 
-    def _run(self, tokens, max_tokens, params, reuse_cache, with_sources) -> Iterator:
+    def _run(self, tokens, max_tokens, params, reuse_cache, with_sources, stops: StopStrings) -> Iterator:
         """Holds the lock from the call until the stream ends or is closed."""
         responses = None
         try:
@@ -223,15 +243,22 @@ class Engine:
                 last = response
                 if response.token >= 0:
                     sources.append(response.source)
-                text.append(response.text)
+                piece, stopped = stops.push(response.text)
+                if response.finish_reason is not None and not stopped:
+                    piece += stops.flush()
+                text.append(piece)
                 self.last = _completion(response, "".join(text), sources)
-                if response.text:
+                if stopped:
+                    self.last = replace(self.last, finish_reason="stop")
+                if piece:
                     try:
-                        yield Piece(response.text, response.source) if with_sources else response.text
+                        yield Piece(piece, response.source) if with_sources else piece
                     except GeneratorExit:  # closed before the end (Stream.close, Engine.close)
-                        if response.finish_reason is None:
+                        if response.finish_reason is None and not stopped:
                             self.last = replace(self.last, finish_reason="cancelled")
                         raise
+                if stopped:
+                    break
                 if self._cancel.is_set() and response.finish_reason is None:
                     self.last = replace(self.last, finish_reason="cancelled")
                     break

@@ -8,51 +8,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from .backend import Model, TextStream
 from .drafters.base import Drafter
 from .errors import OuroborosError, PromptTooLongError
 from .sampling import GREEDY, Sampler, SamplingParams, resolve_seed
+from .stats import SpecStats, tokens_per_second
 from .verify import Outcome, TreeVerifier
 
 
-@dataclass(frozen=True)
-class SpecStats:
-    """Cumulative speculation counters of one generation."""
+class Cycle(NamedTuple):
+    """One propose-verify-observe cycle of the decode loop and where its time went."""
 
-    target_forwards: int = 0
-    target_batch_tokens: int = 0  # tree nodes + roots sent to the target (cost model input)
-    draft_forwards: int = 0
-    draft_batch_tokens: int = 0
-    drafted_tokens: int = 0
-    accepted_tokens: int = 0
-    accepted_by_source: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Accepted / drafted tree nodes (0 when nothing was drafted)."""
-        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
-
-    @property
-    def tokens_per_forward(self) -> float:
-        """Emitted tokens per target forward: what predicts the speed-up."""
-        emitted = self.accepted_tokens + self.target_forwards
-        return emitted / self.target_forwards if self.target_forwards else 0.0
-
-    def after(self, outcome: Outcome, drafter: Drafter) -> SpecStats:
-        by_source = dict(self.accepted_by_source)
-        for source in outcome.sources[:-1]:
-            by_source[source] = by_source.get(source, 0) + 1
-        return SpecStats(
-            target_forwards=self.target_forwards + 1,
-            target_batch_tokens=self.target_batch_tokens + len(outcome.tree) + 1,
-            draft_forwards=drafter.draft_forwards,
-            draft_batch_tokens=drafter.draft_tokens,
-            drafted_tokens=self.drafted_tokens + len(outcome.tree),
-            accepted_tokens=self.accepted_tokens + len(outcome.accepted),
-            accepted_by_source=by_source,
-        )
+    outcome: Outcome
+    draft_seconds: float
+    verify_seconds: float
 
 
 @dataclass(frozen=True)
@@ -83,9 +55,7 @@ class GenerationResponse:
 
     @property
     def generation_tps(self) -> float:
-        """Tokens after the first one (which comes with the prompt) per second."""
-        n = self.generation_tokens - 1
-        return n / self.generation_seconds if n > 0 and self.generation_seconds > 0 else 0.0
+        return tokens_per_second(self.generation_tokens, self.generation_seconds)
 
 
 def generate_tokens(
@@ -97,8 +67,8 @@ def generate_tokens(
     sampler: Sampler,
     draft_sampler: Sampler | None = None,
     n_cached: int = 0,
-) -> Iterator[tuple[int, str, Outcome | None]]:
-    """Yield (token, source, outcome) until max_tokens or the context is full.
+) -> Iterator[tuple[int, str, Cycle | None]]:
+    """Yield (token, source, cycle) until max_tokens or the context is full (cycle None: the prefill's token).
 
     prompt[:n_cached] is already in the target's KV cache. The caller stops at end-of-generation
     tokens. Invariant: every cycle emits at least one token (the target's own), so the loop advances.
@@ -113,18 +83,22 @@ def generate_tokens(
     yield root, "target", None
     emitted = 1
     while emitted < max_tokens and pos < n_ctx:
+        t0 = time.perf_counter()
         # 1 propose a tree within the batch budget and the room left in the context
         budget = min(verifier.max_nodes, n_ctx - pos - 1, max_tokens - emitted - 1)
         tree = drafter.propose(history, max(0, budget))
+        t1 = time.perf_counter()
         # 2 one target forward over root + tree, acceptance (greedy in C, or lossless sampling), KV commit
         outcome = verifier.verify(root, pos, tree, sampler, history)
+        t2 = time.perf_counter()
         # 3 let the drafter roll back and learn
         drafter.observe(outcome)
+        cycle = Cycle(outcome, draft_seconds=(t1 - t0) + (time.perf_counter() - t2), verify_seconds=t2 - t1)
         # 4 emit the accepted tokens and the target's own next token
         for token, source in zip(outcome.tokens, outcome.sources):
             history.append(token)
             emitted += 1
-            yield token, source, outcome
+            yield token, source, cycle
             if emitted >= max_tokens:
                 return
         root, pos = outcome.next_token, pos + len(outcome.tokens)
@@ -165,14 +139,14 @@ def stream_generate(
     t_start = time.perf_counter()
     t_first = None
     generated = 0
-    last_outcome = None
+    last_cycle = None
     tokens = generate_tokens(verifier, drafter, prompt, max_tokens=max_tokens, sampler=sampler,
                              draft_sampler=draft_sampler, n_cached=n_cached)
-    for token, source, outcome in tokens:
+    for token, source, cycle in tokens:
         now = time.perf_counter()
         t_first = t_first or now
-        if outcome is not None and outcome is not last_outcome:  # once per verification cycle
-            stats, last_outcome = stats.after(outcome, drafter), outcome
+        if cycle is not None and cycle is not last_cycle:  # once per verification cycle
+            stats, last_cycle = stats.after(cycle.outcome, drafter, cycle.draft_seconds, cycle.verify_seconds), cycle
         generated += 1
         is_end = model.is_end_of_generation(token)
         finish = "stop" if is_end else ("length" if generated >= max_tokens else None)

@@ -11,8 +11,7 @@ from pathlib import Path
 from . import gguf_meta
 from .backend import DEFAULT_THREADS, ChatMessage, Context, Model, available_cores, deferred_interrupt
 from .catalog import resolve_model
-from .config import METHODS
-from .drafters import NoDraft
+from . import drafters
 from .drafters.ouroboros import OuroborosParams
 from .pool import PhrasePool, PoolFileWarning, default_pool_path
 from .errors import OuroborosError
@@ -110,32 +109,92 @@ def pool_file(target: Path, draft: Path | None, ngram: int) -> Path:
     return default_pool_path(f"{name}__{pair_id(target, draft).hex()[:12]}__n{ngram}")
 
 
-class Runtime:
-    """A loaded model pair ready to generate. Use as a context manager to free the models."""
+class Models:
+    """A target (and optional draft) model's weights, loaded once and shared by the sessions that
+    generate with them, with the pair's phrase pools (what makes every session of the pair warm)."""
 
-    def __init__(
-        self,
-        target: str | Path | None = None,
-        draft: str | Path | None = None,
-        *,
-        method: str = "ar",
-        options: RuntimeOptions = RuntimeOptions(),
-    ):
+    def __init__(self, target: str | Path | None = None, draft: str | Path | None = None, *,
+                 options: RuntimeOptions = RuntimeOptions()):
         # Ctrl-C while llama.cpp loads reaches Python inside its log callback, where ctypes prints
         # and drops the KeyboardInterrupt; deferred_interrupt raises it once loading returns.
+        self.target = self.draft = None
+        self._pools: dict[str, PhrasePool] = {}
         try:
             with deferred_interrupt():
-                self._load(target, draft, method, _capped_threads(options))
+                self._load(target, draft, _capped_threads(options))
         except BaseException:
             self.close()
             raise
 
-    def _load(self, target, draft, method: str, options: RuntimeOptions) -> None:
+    def _load(self, target, draft, options: RuntimeOptions) -> None:
         self.options = options
-        self.method = method
         self.target = Model(resolve_model(target), gpu_layers=options.gpu_layers, repack=options.repack)
-        n_ctx = min(options.n_ctx, self.target.n_ctx_train) if self.target.n_ctx_train > 0 else options.n_ctx
-        n_ctx = max(n_ctx, MIN_CTX)
+        if draft is not None:
+            from .vocab import check_compatible
+
+            self.draft = Model(resolve_model(draft), gpu_layers=options.draft_gpu_layers, repack=options.repack)
+            check_compatible(self.target, self.draft)
+
+    def pool(self, key: str) -> PhrasePool:
+        """The phrase pool of one method (key: its name), shared by every session of this pair.
+        Methods compared side by side get separate pools: they must not learn from each other's runs."""
+        if key not in self._pools:
+            self._pools[key] = PhrasePool(phrase_length=self.options.ngram - 1, capacity=self.options.pool_capacity)
+        return self._pools[key]
+
+    def model_id(self) -> bytes:
+        return pair_id(self.target.path, self.draft.path if self.draft else None)
+
+    def pool_path(self) -> Path:
+        """Where this model pair's phrase pool is kept between runs (warm start)."""
+        return pool_file(self.target.path, self.draft.path if self.draft else None, self.options.ngram)
+
+    def tokenize_prompt(self, prompt: str, *, chat: bool = False, system: str | None = None) -> list[int]:
+        if chat:
+            system_turn = [ChatMessage("system", system)] if system else []
+            return self.tokenize_chat([*system_turn, ChatMessage("user", prompt)])
+        return self.target.tokenize(prompt, add_special=True, parse_special=True)
+
+    def tokenize_chat(self, messages: list[ChatMessage]) -> list[int]:
+        """A conversation in the target's chat template, ready for its answer."""
+        text = self.target.apply_chat_template(messages)
+        return self.target.tokenize(text, add_special=True, parse_special=True)
+
+    def close(self) -> None:
+        for model in (self.draft, self.target):
+            if model is not None:
+                model.close()
+        self.target = self.draft = None
+
+    def __enter__(self) -> Models:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Session:
+    """One conversation on shared Models: its own target context and KV cache, tree verifier and
+    drafters (with their draft contexts), reusing the longest cached prompt prefix turn to turn.
+    Closing it frees only what it holds; the Models stay loaded."""
+
+    def __init__(self, models: Models, *, method: str = "ar"):
+        self.models = models
+        self.options = models.options
+        self.method = method
+        self._drafters: dict = {}
+        self.verifier = self.context = None
+        try:
+            with deferred_interrupt():
+                self._open_context(self.options)
+            self.drafter = self.drafter_for(method)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_context(self, options: RuntimeOptions) -> None:
+        train = self.target.n_ctx_train
+        n_ctx = max(min(options.n_ctx, train) if train > 0 else options.n_ctx, MIN_CTX)
         self.context = Context(
             self.target,
             n_ctx=n_ctx,
@@ -147,86 +206,47 @@ class Runtime:
         )
         note = _context_note(options.n_ctx, n_ctx, self.context.n_ctx)
         if note:
-            warnings.warn(note, ContextSizeWarning, stacklevel=3)
+            warnings.warn(note, ContextSizeWarning, stacklevel=4)
         self.verifier = TreeVerifier(
             self.context, max_nodes=options.max_tree_nodes, max_paths=options.max_tree_paths
         )
-        self.draft = None
-        if draft is not None:
-            from .vocab import check_compatible
 
-            self.draft = Model(resolve_model(draft), gpu_layers=options.draft_gpu_layers, repack=options.repack)
-            check_compatible(self.target, self.draft)
-        self._drafters: dict = {}
-        self.drafter = self.drafter_for(method)
+    @property
+    def target(self) -> Model:
+        return self.models.target
+
+    @property
+    def draft(self) -> Model | None:
+        return self.models.draft
 
     def drafter_for(self, method: str):
         """The drafter of a method, created once and reused (bench runs several side by side).
 
         "NAME-cold" is a separate drafter of method NAME whose pool the bench clears per prompt."""
-        base = method.removesuffix("-cold")
-        if base not in METHODS:
-            raise OuroborosError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if method not in self._drafters:
-            drafter = self._make_drafter(base)
-            if base == "ouroboros" and self.options.adaptive:
-                from .drafters.adaptive import AdaptiveDrafter
-
-                drafter = AdaptiveDrafter(drafter)
-            self._drafters[method] = drafter
+            entry = drafters.method(method)
+            if entry.needs_draft and self.draft is None:
+                raise OuroborosError(f"--method {entry.name} needs a draft model (--draft NAME|PATH)")
+            self._drafters[method] = entry.build(self, self.models.pool(method))
         return self._drafters[method]
-
-    def _make_drafter(self, method: str):
-        options, n_ctx = self.options, self.context.n_ctx
-        if method == "ar":
-            return NoDraft()
-        if method == "pld":
-            from .drafters.pld import PromptLookupDrafter
-
-            return PromptLookupDrafter(draft_length=options.max_draft)
-        if method == "lookahead" or (method == "ouroboros" and self.draft is None):
-            from .drafters.lookahead import LookaheadDrafter
-
-            return LookaheadDrafter(self._new_pool(), window=options.target_window,
-                                    guesses=options.target_guesses,
-                                    max_nodes=options.ouroboros.max_target_nodes, max_paths=self.verifier.max_paths)
-        if self.draft is None:
-            raise OuroborosError(f"--method {method} needs a draft model (--draft NAME|PATH)")
-        if method == "sd":
-            from .drafters.draft_model import DraftModelDrafter
-
-            return DraftModelDrafter(self.draft, n_ctx=n_ctx, options=options)
-        from .drafters.ouroboros import OuroborosDrafter
-
-        return OuroborosDrafter(self.draft, self._new_pool(), n_ctx=n_ctx, threads=options.threads,
-                                params=options.ouroboros, flash_attn=options.flash_attn, kv_type=options.kv_type,
-                                max_paths=self.verifier.max_paths)
-
-    def _new_pool(self) -> PhrasePool:
-        # one pool per drafter: methods compared side by side must not learn from each other's runs
-        return PhrasePool(phrase_length=self.options.ngram - 1, capacity=self.options.pool_capacity)
 
     @property
     def pool(self) -> PhrasePool:
-        """The phrase pool of the runtime's method (an empty one for methods without a pool)."""
+        """The phrase pool of the session's method (shared with the pair's other sessions)."""
         return self.pool_of(self.method)
 
     def has_pool(self, method: str | None = None) -> bool:
         """Whether the method learns phrases (worth loading and saving a pool for)."""
-        return hasattr(self.drafter_for(method or self.method), "pool")
+        return self.drafter_for(method or self.method).pool is not None
 
     def pool_of(self, method: str) -> PhrasePool:
-        drafter = self.drafter_for(method)
-        if not hasattr(drafter, "pool"):
-            drafter.pool = self._new_pool()
-        return drafter.pool
+        return self.models.pool(method)
 
     def model_id(self) -> bytes:
-        return pair_id(self.target.path, self.draft.path if self.draft else None)
+        return self.models.model_id()
 
     def pool_path(self) -> Path:
-        """Where this model pair's phrase pool is kept between runs (warm start)."""
-        return pool_file(self.target.path, self.draft.path if self.draft else None, self.pool.phrase_length + 1)
+        return self.models.pool_path()
 
     def load_pool(self, path: Path | None = None) -> None:
         """Replace the pool by a saved one; a missing, corrupt or foreign file (another model, tokens
@@ -255,15 +275,10 @@ class Runtime:
         return target
 
     def tokenize_prompt(self, prompt: str, *, chat: bool = False, system: str | None = None) -> list[int]:
-        if chat:
-            system_turn = [ChatMessage("system", system)] if system else []
-            return self.tokenize_chat([*system_turn, ChatMessage("user", prompt)])
-        return self.target.tokenize(prompt, add_special=True, parse_special=True)
+        return self.models.tokenize_prompt(prompt, chat=chat, system=system)
 
     def tokenize_chat(self, messages: list[ChatMessage]) -> list[int]:
-        """A conversation in the target's chat template, ready for its answer."""
-        text = self.target.apply_chat_template(messages)
-        return self.target.tokenize(text, add_special=True, parse_special=True)
+        return self.models.tokenize_chat(messages)
 
     def generate(
         self,
@@ -280,15 +295,34 @@ class Runtime:
                                sampling=sampling, reuse_cache=reuse_cache)
 
     def close(self) -> None:
-        for thing in [*getattr(self, "_drafters", {}).values(), getattr(self, "verifier", None)]:
-            if hasattr(thing, "close"):
-                thing.close()
-        for thing in (getattr(self, "context", None), getattr(self, "draft", None), getattr(self, "target", None)):
+        for drafter in self._drafters.values():
+            drafter.close()
+        self._drafters = {}
+        for thing in (self.verifier, self.context):
             if thing is not None:
                 thing.close()
+        self.verifier = self.context = None
 
-    def __enter__(self) -> Runtime:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Runtime(Session):
+    """A Session that owns its Models: loads the pair, and frees it on close (one conversation, as
+    the CLI, bench and tests use it). Use as a context manager."""
+
+    def __init__(self, target: str | Path | None = None, draft: str | Path | None = None, *,
+                 method: str = "ar", options: RuntimeOptions = RuntimeOptions()):
+        models = Models(target, draft, options=options)
+        try:
+            super().__init__(models, method=method)
+        except BaseException:
+            models.close()
+            raise
+
+    def close(self) -> None:
+        super().close()
+        self.models.close()

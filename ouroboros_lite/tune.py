@@ -76,13 +76,12 @@ def load_tuned(target: Path, draft: Path | None) -> OuroborosParams | None:
         return None
 
 
-def cmd_tune(args) -> int:
+def cmd_tune(args, options) -> int:
+    """options: the RuntimeOptions the flags give (arguments.runtime_options), the curves' settings."""
     from .backend import Context
-    from .cli import runtime_options
     from .runtime import Runtime
     from .verify import TreeVerifier
 
-    options = runtime_options(args)
     with Runtime(args.model, args.draft, method="ar", options=options) as runtime:
         prefix = runtime.tokenize_prompt(MEASURE_PROMPT, chat=True)
         print("measuring the target ...", file=sys.stderr)

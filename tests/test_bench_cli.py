@@ -68,7 +68,8 @@ def test_tie_check_tells_a_near_tie_from_a_real_difference(pair):
     close = check_tie(pair.verifier, prompt, reference, runner_up)
     assert close.index == i and close.tokens == (reference[i], int(ranked[1]))
     assert len(close.gaps) >= 4  # one token at a time, and the prefix's last 1, 2, 8 (, 32) tokens batched
-    assert max(abs(g - top_gap) for g in close.gaps) <= close.noise + 1e-6 < 0.05  # F32: kernels agree closely
+    # a gap is a difference of two scores, each within the noise of its value in another computation
+    assert max(abs(g - top_gap) for g in close.gaps) <= 2 * close.noise + 1e-6 < 0.05  # F32: kernels agree closely
     assert close.is_tie == (top_gap <= close.noise)
     distant = check_tie(pair.verifier, prompt, reference, far)
     assert not distant.is_tie and not distant.ranked_both_ways and "NO tie" in distant.describe()

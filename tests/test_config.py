@@ -322,3 +322,17 @@ def test_cmd_config_prints_and_returns_zero(cfg, monkeypatch, capsys):
     assert "seed" in out and "42" in out
     assert any(line.split()[:2] == ["gpu_layers", "7"] and line.endswith("command line")
                for line in out.splitlines())
+
+
+@pytest.mark.parametrize("draft", [False, True])
+def test_window_reaches_lookahead_with_or_without_a_draft(draft_path, draft):
+    # with a draft given, `--method lookahead --window 4` used to set only the draft's window
+    from ouroboros_lite.arguments import runtime_options
+    from ouroboros_lite.cli import setup_arg_parser
+
+    argv = ["generate", "--model", str(draft_path), "--method", "lookahead", "--window", "4", "--draft-guesses", "2"]
+    args = setup_arg_parser().parse_args(argv + (["--draft", str(draft_path)] if draft else []))
+    apply_to_namespace(args, env={}, path=Path("/nonexistent/config.toml"))
+    options = runtime_options(args)
+    assert (options.target_window, options.target_guesses) == (4, 2)
+    assert (options.ouroboros.window, options.ouroboros.draft_guesses) == (4, 2)

@@ -26,7 +26,7 @@ SHIPPED = {
 def test_default_settings_decode_batches_on_this_cpu(name, tmp_path):
     entry = load_catalog().get(name)
     if not is_verified(entry):
-        pytest.skip(f"{name} is not cached (ouroboros-lite pull {name}); .ci/run does not pull it yet")
+        pytest.skip(f"{name} is not cached (ouroboros-lite pull {name})")
     # a prompt prefill (a batch of many tokens) and a Jacobi window's trees (batches of 2+)
     command = [sys.executable, "-m", "ouroboros_lite", "generate", "--model", str(entry.path), "--draft", "none",
                "-n", "4", "--window", "2", "-t", "2", "--no-warm-pool", "--prompt", "The capital of France is"]

@@ -183,3 +183,23 @@ def test_a_closed_engine_raises_a_named_error(draft_path):
                  lambda: engine.reset(), lambda: engine.n_ctx):
         with pytest.raises(EngineClosedError, match="create a new Engine"):
             call()
+
+
+def test_engine_uses_the_pairs_tuned_parameters_as_the_cli_does(draft_path, tmp_path, monkeypatch):
+    import json
+    from dataclasses import asdict, replace
+
+    from ouroboros_lite.catalog import CACHE_ENV
+    from ouroboros_lite.drafters.ouroboros import OuroborosParams
+    from ouroboros_lite.tune import tuning_path
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    tuned = replace(OuroborosParams(), window=2, draft_guesses=3, max_target_nodes=12)
+    path = tuning_path(draft_path, None)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"params": asdict(tuned)}))
+    with Engine(target=draft_path, threads=2, n_ctx=256) as engine:
+        assert engine.runtime.options.ouroboros == tuned
+    explicit = OuroborosParams()
+    with Engine(target=draft_path, threads=2, n_ctx=256, ouroboros=explicit) as engine:  # a given value wins
+        assert engine.runtime.options.ouroboros == explicit

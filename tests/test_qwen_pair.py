@@ -33,7 +33,7 @@ PROMPTS = [  # (text, chat template?)
 catalog = load_catalog()
 pytestmark = pytest.mark.skipif(
     not (is_verified(catalog.get(TARGET)) and is_verified(catalog.get(DRAFT))),
-    reason=f"the Qwen pair is not cached (ouroboros-lite pull {TARGET}; pull {DRAFT}); .ci/run does not pull it yet")
+    reason=f"the Qwen pair is not cached (ouroboros-lite pull {TARGET}; pull {DRAFT})")
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +76,15 @@ def assert_ar_through_ties(runtime, prompt, reference, candidate, label, max_tie
         reference = generate_ids(runtime, prompt, len(candidate), "ar") if candidate else []
 
 
-def test_every_method_and_feature_matches_greedy_on_the_qwen_pair(qwen):
+# The README's test command runs the code prompt; the sweep (`-m sweep`, in .ci/run) the other two.
+@pytest.mark.parametrize("prompts", [pytest.param(PROMPTS[2:], id="code"),
+                                     pytest.param(PROMPTS[:2], marks=pytest.mark.sweep, id="sweep")])
+def test_every_method_and_feature_matches_greedy_on_the_qwen_pair(qwen, prompts):
     extra = feature_drafters(qwen)
     accepted = dict.fromkeys([*("sd", "pld", "lookahead", "ouroboros"), *extra], 0)
     n_ties = 0
     try:
-        for text, chat in PROMPTS:
+        for text, chat in prompts:
             tokens = qwen.tokenize_prompt(text, chat=chat)
             reference = generate_ids(qwen, tokens, N_TOKENS, "ar")  # computed once, reused by every method
             for label in accepted:
@@ -97,7 +100,7 @@ def test_every_method_and_feature_matches_greedy_on_the_qwen_pair(qwen):
         for drafter in extra.values():
             drafter.close()
     assert all(n > 0 for n in accepted.values()), f"a drafter never had a token accepted: {accepted}"
-    print(f"\nQwen pair: {n_ties} proven near-ties over {len(PROMPTS) * len(accepted)} runs")
+    print(f"\nQwen pair: {n_ties} proven near-ties over {len(prompts) * len(accepted)} runs")
 
 
 def test_the_known_hawaii_divergence_is_a_proven_tie():

@@ -47,6 +47,12 @@ def test_unknown_setting_is_a_clear_error(setting):
         use_extra_buffers(AVX2_EPYC, setting)
 
 
+def test_every_setting_the_config_accepts_is_one_the_backend_takes():
+    from ouroboros_lite.config import CHOICES
+
+    assert [use_extra_buffers(AVX2_EPYC, s) for s in CHOICES["repack"]] == [True, True, False]
+
+
 def test_this_machine_decides_from_its_own_system_info():
     info = backend.system_info()
     assert info.startswith(("CPU :", "CUDA :", "Metal :", "Vulkan :")) or " : " in info

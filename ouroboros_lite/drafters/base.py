@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..pool import PhrasePool
 from ..tree import TokenTree
 from ..verify import Outcome
 
@@ -17,6 +18,7 @@ class Drafter(Protocol):
     runs_draft_model: bool  # whether proposing may cost draft-model forwards
     draft_forwards: int  # draft-model forwards so far in this generation
     draft_tokens: int  # tokens those forwards processed (batch widths summed)
+    pool: PhrasePool | None  # the phrase pool it learns into and drafts from (None: it keeps none)
 
     def begin(self, prompt: list[int], sampler=None) -> None:
         """A new generation starts from `prompt` (all tokens, the last one is the first root).
@@ -44,6 +46,7 @@ class NoDraft:
     runs_draft_model = False
     draft_forwards = 0
     draft_tokens = 0
+    pool = None
 
     def begin(self, prompt: list[int], sampler=None) -> None:
         pass

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..backend import Context, Model
+from ..backend import Model
 from ..ngram import ContextIndex
 from ..pool import PhrasePool
 from ..tree import DEFAULT_MAX_PATHS, TokenTree, TreeBuilder
-from ..verify import Outcome, TreeVerifier
+from ..verify import Outcome
+from .draft_context import DraftContext, next_draft_length
 from .lookahead import JacobiWindow, PhraseHarvester, WindowPlacement
 
 
@@ -63,15 +64,13 @@ class OuroborosDrafter:
         self.max_paths = max_paths  # root-to-leaf paths of a target tree (the target verifier's)
         self.gamma = params.draft_length
         self.window = JacobiWindow(params.window, pool.phrase_length + 1)
-        paths = params.window + params.draft_guesses + 1
-        self.context = Context(model, n_ctx=n_ctx, n_batch=512, n_seq_max=paths, threads=threads,
-                               flash_attn=flash_attn, kv_type=kv_type)
         draft_nodes = max(1, params.window * pool.phrase_length + params.draft_guesses * pool.phrase_length)
-        self.verifier = TreeVerifier(self.context, max_nodes=draft_nodes, max_paths=paths)
+        self.draft = DraftContext(model, n_ctx=n_ctx, n_batch=512, threads=threads, flash_attn=flash_attn,
+                                  kv_type=kv_type, max_nodes=draft_nodes,
+                                  max_paths=params.window + params.draft_guesses + 1)
+        self.verifier = self.draft.verifier  # the draft's trees (guesses, window) are verified on it
         self.harvester = PhraseHarvester(pool)
         self.context_index = ContextIndex(min_n=max(1, params.copy_match), max_n=max(6, params.copy_match))
-        self.draft_forwards = self.draft_tokens = 0
-        self._n_cached = 0
         self._history_length = 0
         self._drafted: list[int] = []
         self._lengthening: list[list[int]] = []
@@ -86,54 +85,52 @@ class OuroborosDrafter:
         so lookahead and pool guesses keep working on the draft and the target's text does not
         depend on them."""
         self._sampler = None if sampler is None or sampler.params.plain_greedy else sampler
-        keep = self.verifier.reuse_prefix(prompt[:-1], leave_one=False)
-        if keep < len(prompt) - 1:
-            self.verifier.prefill(prompt[keep:-1], keep)
-        self._n_cached = max(0, len(prompt) - 1)
-        self.draft_forwards = self.draft_tokens = 0
+        self.draft.begin(prompt)
         self.window.reset(prompt)
         self.harvester.restart()
         self.context_index.reset()
 
+    @property
+    def draft_forwards(self) -> int:
+        return self.draft.forwards
+
+    @property
+    def draft_tokens(self) -> int:
+        return self.draft.tokens
+
     def close(self) -> None:
-        self.verifier.close()
-        self.context.close()
+        self.draft.close()
 
     # --- 1 draft ------------------------------------------------------------------------------------
     def _draft(self, history: list[int], length: int) -> list[int]:
         """The draft's greedy continuation of history, >= length tokens, in as few forwards as it can."""
         root, pos = history[-1], len(history) - 1
         drafted: list[int] = []
-        if self._n_cached < pos:  # catch up on the accepted tokens and draft the first one in one batch
-            first = self.verifier.prefill(history[self._n_cached:], self._n_cached)
+        if self.draft.n_cached < pos:  # catch up on the accepted tokens and draft the first one in one batch
+            first = self.draft.catch_up(history)
             if self._sampler is not None:
                 probs = self._sampler.probabilities(self.verifier.logits_last(), history)
                 first = self._sampler.draw(probs, position=len(history))
-            self.draft_forwards += 1
-            self.draft_tokens += len(history) - self._n_cached
             drafted.append(first)
             root, pos = first, len(history)
-        while (len(drafted) < length and pos < self.context.n_ctx
+        while (len(drafted) < length and pos < self.draft.n_ctx
                and not any(self.model.is_end_of_generation(t) for t in drafted)):
             builder = TreeBuilder(self._room_at(pos), max_paths=self.verifier.max_paths)
             for phrase in self.pool.recent(root, self.params.draft_guesses):
                 builder.add(phrase, "pool")
             placement = self.window.place(builder, root) if self.params.window else WindowPlacement()
             tree = builder.build()
-            outcome = self.verifier.verify(root, pos, tree, self._sampler, [*history, *drafted])
-            self.draft_forwards += 1
-            self.draft_tokens += 1 + len(tree)
+            outcome = self.draft.verify(root, pos, tree, self._sampler, [*history, *drafted])
             if placement.tops:
                 self.window.learn(placement, outcome.argmax, self.pool)
             drafted.extend(outcome.tokens)
             root, pos = outcome.next_token, pos + len(outcome.tokens)
-        self._n_cached = pos  # the KV now holds history + drafted[:-1]
-        return drafted
+        return drafted  # the draft's KV now holds history + drafted[:-1]
 
     def _room_at(self, pos: int) -> int:
         """Nodes a draft tree with its root at pos may have: the draft KV holds pos cells and the
         root takes one more (the draft context is as long as the target's, its trees are wider)."""
-        return max(0, min(self.verifier.max_nodes, self.context.n_ctx - pos - 1))
+        return max(0, min(self.verifier.max_nodes, self.draft.n_ctx - pos - 1))
 
     # --- 2 tree -------------------------------------------------------------------------------------
     def propose(self, history: list[int], budget: int, *, draft_model: bool = True) -> TokenTree:
@@ -174,16 +171,12 @@ class OuroborosDrafter:
         argmax = outcome.argmax
         if accepted < n_chain:
             self._rule_a(drafted, accepted, argmax)
-            self.gamma = max(1, self.gamma - 1)
         else:
             self._rule_b(drafted, argmax)
-            self.gamma = min(self.params.max_draft_length, self.gamma + 2)
+        self.gamma = next_draft_length(self.gamma, accepted == n_chain, self.params.max_draft_length)
 
     def _roll_back_draft(self, accepted: int) -> None:
-        keep = self._history_length + min(accepted, len(self._drafted) - 1)
-        if keep < self._n_cached:
-            self.verifier.rollback(keep)
-            self._n_cached = keep
+        self.draft.keep(self._history_length + min(accepted, len(self._drafted) - 1))
 
     def _rule_a(self, drafted: list[int], first_rejected: int, argmax) -> None:
         """Rejected tail r_j with the target's argmax y_j after it: a phrase keyed by r_j that

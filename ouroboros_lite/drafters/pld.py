@@ -15,6 +15,7 @@ from ..verify import Outcome
 
 class PromptLookupDrafter:
     name = "pld"
+    pool = None  # learns no phrases
     runs_draft_model = False
     draft_forwards = 0
     draft_tokens = 0

@@ -1,0 +1,72 @@
+"""A draft model's own context, kept in step with the text the target accepted (sd and ouroboros).
+
+Its KV cache holds the accepted text, less the newest tokens (which `catch_up` feeds in one batch
+before the next draft), plus whatever the last draft decoded past it (which `keep` drops after each
+verification). The verifier's `cached` tokens are the one record of what it holds.
+"""
+
+from __future__ import annotations
+
+from ..backend import Context, Model
+from ..sampling import Sampler
+from ..tree import TokenTree
+from ..verify import Outcome, TreeVerifier
+
+
+class DraftContext:
+    def __init__(self, model: Model, *, n_ctx: int, n_batch: int, threads: int, flash_attn: bool | None,
+                 kv_type: str, max_nodes: int = 0, max_paths: int = 1):
+        self.model = model
+        self.context = Context(model, n_ctx=n_ctx, n_batch=n_batch, n_seq_max=max_paths, threads=threads,
+                               flash_attn=flash_attn, kv_type=kv_type)
+        self.verifier = TreeVerifier(self.context, max_nodes=max_nodes, max_paths=max_paths)
+        self.forwards = self.tokens = 0  # draft forwards of this generation and the tokens they processed
+
+    @property
+    def n_ctx(self) -> int:
+        return self.context.n_ctx
+
+    @property
+    def n_cached(self) -> int:
+        return len(self.verifier.cached)
+
+    def begin(self, prompt: list[int]) -> None:
+        """Prefill the prompt but its last token (the first root), reusing the prefix the KV already
+        holds (earlier chat turns). The prefill is not counted as drafting."""
+        keep = self.verifier.reuse_prefix(prompt[:-1], leave_one=False)
+        if keep < len(prompt) - 1:
+            self.verifier.prefill(prompt[keep:-1], keep)
+        self.forwards = self.tokens = 0
+
+    def decode(self, tokens: list[int], pos: int) -> int:
+        """Decode tokens at pos.. in one forward; returns the draft's greedy next token."""
+        self.forwards += 1
+        self.tokens += len(tokens)
+        return self.verifier.prefill(tokens, pos)
+
+    def catch_up(self, history: list[int]) -> int:
+        """Feed the accepted tokens the KV has not seen (at least the target's newest) in one forward;
+        returns the draft's greedy token after history."""
+        return self.decode(history[self.n_cached:], self.n_cached)
+
+    def verify(self, root: int, pos: int, tree: TokenTree, sampler: Sampler | None,
+               history: list[int]) -> Outcome:
+        """One forward over root + a tree of guesses (phrase drafting), committed like the target's."""
+        self.forwards += 1
+        self.tokens += 1 + len(tree)
+        return self.verifier.verify(root, pos, tree, sampler, history)
+
+    def keep(self, n: int) -> None:
+        """Drop what the KV holds past its first n tokens (a rejected draft)."""
+        if n < self.n_cached:
+            self.verifier.rollback(n)
+
+    def close(self) -> None:
+        self.verifier.close()
+        self.context.close()
+
+
+def next_draft_length(length: int, fully_accepted: bool, longest: int) -> int:
+    """Draft length gamma adapts online, as HF's assisted generation does: +2 after a fully accepted
+    draft, -1 after a rejection, within [1, longest]."""
+    return min(longest, length + 2) if fully_accepted else max(1, length - 1)
