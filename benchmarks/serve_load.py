@@ -37,9 +37,11 @@ class Result:
     decode_tps: float
 
 
-def start_server(model: Path, method: str, parallel: int, threads: int, ctx: int) -> tuple[subprocess.Popen, str]:
-    argv = [sys.executable, "-m", "ouroboros_lite", "serve", "--model", str(model), "--method", method,
-            "--port", "0", "--parallel", str(parallel), "-t", str(threads), "-c", str(ctx), "--no-warm-pool"]
+def start_server(model: Path, draft: Path | None, method: str, parallel: int, threads: int,
+                 ctx: int) -> tuple[subprocess.Popen, str]:
+    argv = [sys.executable, "-m", "ouroboros_lite", "serve", "--model", str(model), "--draft", str(draft or "none"),
+            "--method", method, "--port", "0", "--parallel", str(parallel), "-t", str(threads), "-c", str(ctx),
+            "--no-warm-pool"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
         match = re.search(r"(http://\S+/v1)", line)
@@ -98,6 +100,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct-q4_1")
+    parser.add_argument("--draft", default=None, help="draft model (default: none)")
     parser.add_argument("--methods", default="ar,ouroboros")
     parser.add_argument("--clients", default="1,2,4,8")
     parser.add_argument("--requests", type=int, default=8, help="requests per level (at least the client count)")
@@ -110,12 +113,13 @@ def main() -> None:
     levels = [int(c) for c in args.clients.split(",")]
     prompts = [p for _, p in load_prompts(default_prompts(), 16)]
     model = resolve_model(args.model)
-    print(f"model {model.name}, {args.max_tokens} tokens per request, greedy, -t {args.threads}")
+    draft = resolve_model(args.draft) if args.draft else None
+    print(f"model {model.name}{' + draft ' + draft.name if draft else ''}, {args.max_tokens} tokens per request, greedy, -t {args.threads}")
     print("| method | clients | requests | req/s | aggregate tok/s | TTFT p50 s | TTFT p95 s | per-request tok/s |")
     print("|---|---|---|---|---|---|---|---|")
     single = {}
     for method in args.methods.split(","):
-        proc, url = start_server(model, method, max(levels), args.threads, args.ctx_size)
+        proc, url = start_server(model, draft, method, max(levels), args.threads, args.ctx_size)
         try:
             one_request(url, prompts[0], 8)  # warm-up: the first decode allocates compute buffers
             for clients in levels:
@@ -135,20 +139,21 @@ def main() -> None:
         if method != "ar" and single.get("ar"):
             print(f"single client through the server: {method} {tps / single['ar']:.2f}x ar per request")
     if args.compare_generate:
-        direct = generate_speeds(model, args.methods.split(","), prompts[:args.requests], args)
+        direct = generate_speeds(model, draft, args.methods.split(","), prompts[:args.requests], args)
         for method, tps in direct.items():
             if method != "ar" and direct.get("ar"):
                 print(f"the same prompts through Engine.chat (what `generate --chat` runs): "
                       f"{method} {tps / direct['ar']:.2f}x ar per request")
 
 
-def generate_speeds(model: Path, methods: list[str], prompts: list[str], args) -> dict[str, float]:
+def generate_speeds(model: Path, draft: Path | None, methods: list[str], prompts: list[str],
+                    args) -> dict[str, float]:
     """Median per-request tok/s of each method without the server, in this process."""
     from ouroboros_lite import Engine
 
     speeds = {}
     for method in methods:
-        with Engine(target=model, method=method, threads=args.threads, n_ctx=args.ctx_size) as engine:
+        with Engine(target=model, draft=draft, method=method, threads=args.threads, n_ctx=args.ctx_size) as engine:
             engine.chat([{"role": "user", "content": prompts[0]}], max_tokens=8)  # warm-up, as the server's
             runs = [engine.chat([{"role": "user", "content": p}], max_tokens=args.max_tokens, temperature=0.0)
                     for p in prompts]

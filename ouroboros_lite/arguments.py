@@ -20,6 +20,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+def token_budget(text: str) -> int:
+    """-n: a positive number of tokens, or -1 (llama.cpp's "until the end of generation or the context")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0 and value != -1:
+        raise argparse.ArgumentTypeError(f"must be a positive number or -1 (until the end), got {value}")
+    return value
+
+
+def max_tokens_for(value: int | None, default: int, room: int) -> int:
+    """What -n means for a prompt that leaves `room` tokens of context: None = the command's
+    default, -1 = all the room there is."""
+    from .errors import OuroborosError
+
+    value = default if value is None else value
+    if value == -1:
+        return max(room, 1)
+    if value <= 0:
+        raise OuroborosError(f"max_tokens must be a positive number or -1 (until the end), got {value}")
+    return value
+
+
 def finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -41,6 +65,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-ngl", "--gpu-layers", type=int, default=None,
                         help="target layers to offload to the GPU (0; 99 = all)")
     parser.add_argument("--draft-gpu-layers", type=int, default=None, help="draft layers to offload to the GPU (0)")
+    parser.add_argument("-fa", "--flash-attn", nargs="?", const="on", default=None, choices=("on", "off", "auto"),
+                        help="flash attention: on, off or auto (default: auto, llama.cpp's choice; -fa alone = on)")
+    parser.add_argument("-b", "--batch-size", type=positive_int, default=None,
+                        help="tokens per llama.cpp batch for prompts (default: 512; at least 49, a tree's size)")
     parser.add_argument("--repack", dest="repack", action="store_const", const="on", default=None,
                         help="repack weights for the CPU's kernels (default: auto, on unless ggml's AMX path "
                              "is active, where batched decoding crashes)")
@@ -88,7 +116,15 @@ def runtime_options(args):
     from .tune import load_tuned
 
     kwargs = dict(n_ctx=args.ctx_size, gpu_layers=args.gpu_layers, draft_gpu_layers=args.draft_gpu_layers,
-                  repack=getattr(args, "repack", None) or "auto")
+                  repack=getattr(args, "repack", None) or "auto",
+                  flash_attn={"on": True, "off": False}.get(getattr(args, "flash_attn", None)))
+    batch = getattr(args, "batch_size", None)
+    if batch is not None:
+        least = RuntimeOptions.max_tree_nodes + 1
+        if batch < least:
+            raise OuroborosError(f"--batch-size must be at least {least}: a verification tree of up to "
+                                 f"{least - 1} nodes and its root go in one batch (got {batch})")
+        kwargs["n_batch"] = batch
     if args.threads:
         kwargs["threads"] = args.threads
     if args.ngram is not None:

@@ -15,6 +15,8 @@ import argparse
 import json
 import math
 import os
+import platform
+import statistics
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -64,6 +66,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
                              "one prompt a line")
     parser.add_argument("--limit", type=positive_int, default=13, help="number of prompts (round-robin over categories)")
     parser.add_argument("-n", "--max-tokens", type=positive_int, default=128, help="tokens to generate per prompt")
+    parser.add_argument("--repeat", type=positive_int, default=1,
+                        help="runs of each (prompt, method), interleaved; medians and min-max are reported (default: 1)")
     parser.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
     parser.add_argument("--json", default=None, help="write the results as JSON to this file")
     parser.add_argument("--png", default=None, help="write a bar chart of tok/s per method to this PNG file")
@@ -82,6 +86,7 @@ class MethodResult:
     spec: SpecStats = field(default_factory=SpecStats)
     mismatches: list[int] = field(default_factory=list)  # prompts whose text differs from ar's
     near_ties: list[int] = field(default_factory=list)  # those of them that first differ at a near-tie
+    runs: dict[int, list[float]] = field(default_factory=dict)  # prompt index -> tok/s of each repeat
 
     @property
     def tps(self) -> float:
@@ -91,11 +96,27 @@ class MethodResult:
     def draft_forwards_per_token(self) -> float:
         return self.spec.draft_forwards / self.tokens if self.tokens else 0.0
 
-    def add(self, tokens: int, last) -> None:
+    def add(self, tokens: int, last, prompt: int) -> None:
         self.generations += 1
         self.tokens += tokens
         self.seconds += last.generation_seconds
         self.spec = self.spec + last.spec
+        self.runs.setdefault(prompt, []).append(tokens_per_second(tokens, last.generation_seconds))
+
+    def prompt_tps(self) -> dict[int, float]:
+        """Per prompt, the median tok/s of its repeats."""
+        return {prompt: statistics.median(runs) for prompt, runs in self.runs.items()}
+
+    def speedups(self, base: MethodResult) -> list[float]:
+        """Per prompt, this method's median tok/s over the base method's (ar's)."""
+        mine, theirs = self.prompt_tps(), base.prompt_tps()
+        return [mine[p] / theirs[p] for p in mine if theirs.get(p)]
+
+    def repeat_spread(self) -> float:
+        """The largest (max - min) / median of one prompt's repeats: how noisy the machine was."""
+        spreads = [(max(r) - min(r)) / statistics.median(r) for r in self.runs.values()
+                   if len(r) > 1 and statistics.median(r) > 0]
+        return max(spreads, default=0.0)
 
     def summary(self) -> dict:
         """The JSON row: the counters and the rates derived from them."""
@@ -212,23 +233,29 @@ def cmd_bench(args) -> int:
                 if temperature == temperatures[0]:
                     tables.append(per_category.setdefault(category, {}))
                 reference = None
-                for method in methods:
-                    generated, last = run_method(runtime, tokens, method, args.max_tokens, sampling)
-                    differs = reference is not None and generated != reference
-                    tie = None
-                    if differs and has_exact_flag(method, temperature):
-                        tie = check_tie(runtime.verifier, tokens, reference, generated, sampling)
-                    for table in tables:
-                        result = table.setdefault(method, MethodResult(method))
-                        result.add(len(generated), last)
-                        if differs:
-                            result.mismatches.append(index)
-                            if tie is not None and tie.is_tie:
-                                result.near_ties.append(index)
-                    reference = generated if reference is None else reference
+                for repeat in range(args.repeat):  # interleaved: a burst of load hits every method alike
+                    for method in methods:
+                        generated, last = run_method(runtime, tokens, method, args.max_tokens, sampling)
+                        differs = repeat == 0 and reference is not None and generated != reference
+                        tie = None
+                        if differs and has_exact_flag(method, temperature):
+                            tie = check_tie(runtime.verifier, tokens, reference, generated, sampling)
+                        for table in tables:
+                            result = table.setdefault(method, MethodResult(method))
+                            result.add(len(generated), last, index)
+                            if differs:
+                                result.mismatches.append(index)
+                                if tie is not None and tie.is_tie:
+                                    result.near_ties.append(index)
+                        reference = generated if reference is None else reference
             print(f"prompt {index + 1}/{len(encoded)} done", file=sys.stderr, flush=True)
     totals = all_totals[temperatures[0]]
-    print(f"{len(prompts)} prompts x {args.max_tokens} tokens, {args.threads or 'default'} threads")
+    print(f"{len(prompts)} prompts x {args.max_tokens} tokens x {args.repeat} repeats, "
+          f"{args.threads or 'default'} threads")
+    noise = totals["ar"].repeat_spread()
+    if noise > 0.10:
+        print(f"warning: ar's own speed varied by {noise:.0%} between repeats of one prompt: the machine is busy "
+              "(check `uptime`); speed-ups below are less certain", file=sys.stderr)
     for category, table in per_category.items():
         print(f"\n[{category}]{temperature_label(temperatures[0])}")
         print_table(table, temperatures[0])
@@ -237,10 +264,13 @@ def cmd_bench(args) -> int:
         print_table(table, temperature)
     if profile is not None:
         print_projection(totals, profile)
+    run = {"target": Path(args.model).name, "draft": Path(args.draft).name if args.draft else None,
+           "threads": args.threads, "repeat": args.repeat, "machine": machine_description(),
+           "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
     if args.json:
-        write_json(Path(args.json), prompts, args.max_tokens, all_totals, per_category, profile)
+        write_json(Path(args.json), prompts, args.max_tokens, all_totals, per_category, profile, run)
     if args.png:
-        write_png(Path(args.png), totals, per_category)
+        write_png(Path(args.png), totals, per_category, run)
     return 0
 
 
@@ -260,17 +290,30 @@ def temperature_label(temperature: float) -> str:
     return " greedy" if temperature <= 0 else f" temperature {temperature:g} (exact = same text as ar, same seed)"
 
 
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+
+
 def print_table(results: dict[str, MethodResult], temperature: float = 0.0) -> None:
     base = results["ar"].tps if "ar" in results else 0.0
-    print(f"{'method':16s} {'tok/s':>7s} {'speed-up':>9s} {'accept':>7s} {'tok/fwd':>8s} {'dft fwd/tok':>12s} "
-          f"{'pool tok':>8s}  exact")
+    print(f"{'method':16s} {'tok/s':>7s} {'speed-up':>9s} {'median x':>9s} {'min-max x':>11s} {'accept':>7s} "
+          f"{'tok/fwd':>8s} {'dft fwd/tok':>12s} {'pool tok':>8s}  exact")
     for r in results.values():
         acceptance = f"{r.spec.acceptance_rate:.0%}" if r.spec.drafted_tokens else "-"
         real = [m for m in r.mismatches if m not in r.near_ties]
         exact = f"NO {real}" if real else (f"ties {r.near_ties}" if r.near_ties else "yes")
         if not has_exact_flag(r.method, temperature):
             exact = "- (sampled draft)"
-        print(f"{r.method:16s} {r.tps:7.1f} {r.tps / base if base else 0:8.2f}x {acceptance:>7s} "
+        per_prompt = r.speedups(results["ar"]) if "ar" in results else []
+        median = f"{statistics.median(per_prompt):8.2f}x" if per_prompt else f"{'-':>9s}"
+        spread = f"{min(per_prompt):.2f}-{max(per_prompt):.2f}" if per_prompt else "-"
+        print(f"{r.method:16s} {r.tps:7.1f} {r.tps / base if base else 0:8.2f}x {median} {spread:>11s} {acceptance:>7s} "
               f"{r.spec.tokens_per_forward:8.2f} {r.draft_forwards_per_token:12.2f} {r.spec.accepted_from_pool:8d}  {exact}")
 
 
@@ -295,13 +338,19 @@ def print_projection(results: dict[str, MethodResult], profile: CostProfile) -> 
         print(f"{r.method:16s} {tps:8.1f} {tps / base if base else 0:8.2f}x {tb:13.1f} {db:12.1f}")
 
 
-def write_json(path, prompts, max_tokens, all_totals, per_category, profile) -> None:
+def write_json(path, prompts, max_tokens, all_totals, per_category, profile, run) -> None:
     def rows(table):
-        return [r.summary() for r in table.values()]
+        base = table.get("ar")
+        out = []
+        for r in table.values():
+            per_prompt = r.speedups(base) if base else []
+            out.append({**r.summary(), "median_speedup": statistics.median(per_prompt) if per_prompt else None,
+                        "speedup_range": [min(per_prompt), max(per_prompt)] if per_prompt else None})
+        return out
 
     temperatures = list(all_totals)
     totals = all_totals[temperatures[0]]
-    data = {"prompts": len(prompts), "max_tokens": max_tokens, "all": rows(totals),
+    data = {**run, "prompts": len(prompts), "max_tokens": max_tokens, "all": rows(totals),
             "by_temperature": {f"{t:g}": rows(table) for t, table in all_totals.items()},
             "categories": {c: rows(t) for c, t in per_category.items()}}
     if profile is not None:
@@ -310,7 +359,14 @@ def write_json(path, prompts, max_tokens, all_totals, per_category, profile) -> 
     path.write_text(json.dumps(data, indent=2))
 
 
-def write_png(path: Path, totals, per_category) -> None:
+def exact_label(r: MethodResult) -> str:
+    real = [m for m in r.mismatches if m not in r.near_ties]
+    return "NOT exact" if real else ("exact (ties)" if r.near_ties else "exact")
+
+
+def write_png(path: Path, totals, per_category, run) -> None:
+    """Bars of tok/s per method, each labelled with its tok/s, speed-up over ar and exact flag; a
+    per-category panel beside it only where every category has at least 3 prompts."""
     try:
         import matplotlib
 
@@ -319,17 +375,32 @@ def write_png(path: Path, totals, per_category) -> None:
     except ImportError:
         print("(no PNG: install matplotlib, e.g. pip install 'ouroboros-lite[bench]')", file=sys.stderr)
         return
-    categories = list(per_category) + ["all"]
     methods = list(totals)
-    tables = [per_category[c] for c in per_category] + [totals]
-    fig, ax = plt.subplots(figsize=(max(8, len(categories) * 1.2), 4.5))
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        speedups = [t[method].tps / t["ar"].tps if t["ar"].tps else 0 for t in tables]
-        ax.bar([x + i * width for x in range(len(categories))], speedups, width, label=method)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(categories))], categories, rotation=30, ha="right")
-    ax.set_ylabel("speed-up over ar")
-    ax.legend(fontsize=8)
+    by_category = all(len(t["ar"].runs) >= 3 for t in per_category.values()) and len(per_category) > 1
+    fig, axes = plt.subplots(1, 2 if by_category else 1, figsize=(14 if by_category else 8, 5), squeeze=False)
+    ax = axes[0][0]
+    base = totals["ar"].tps
+    bars = ax.bar(methods, [totals[m].tps for m in methods], color="tab:blue")
+    for bar, method in zip(bars, methods):
+        r = totals[method]
+        ax.annotate(f"{r.tps:.1f} tok/s\n{r.tps / base if base else 0:.2f}x\n{exact_label(r)}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("tok/s (all prompts)")
+    ax.set_ylim(0, max(totals[m].tps for m in methods) * 1.35 or 1)
+    ax.tick_params(axis="x", rotation=20)
+    if by_category:
+        ax = axes[0][1]
+        categories = list(per_category)
+        width = 0.8 / len(methods)
+        for i, method in enumerate(methods):
+            speedups = [statistics.median(per_category[c][method].speedups(per_category[c]["ar"]) or [0])
+                        for c in categories]
+            ax.bar([x + i * width for x in range(len(categories))], speedups, width, label=method)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(categories))], categories, rotation=30, ha="right")
+        ax.set_ylabel("median speed-up over ar")
+        ax.legend(fontsize=8)
+    draft = f" + draft {run['draft']}" if run.get("draft") else ""
+    fig.suptitle(f"{run['target']}{draft}\n{run['machine']}, {run['threads'] or 'default'} threads", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -136,6 +136,16 @@ def is_verified(entry: Entry) -> bool:
     return recorded == {**_stamp(path), "sha256": entry.sha256}
 
 
+def remove_cached(entry: Entry) -> int:
+    """Delete `entry`'s cached file and its verification stamp; the bytes freed (0: nothing cached)."""
+    freed = 0
+    for path in (entry.path, _stamp_path(entry.path)):
+        if path.is_file() or path.is_symlink():
+            freed += path.stat().st_size if path.is_file() else 0
+            path.unlink()
+    return freed
+
+
 def verify(entry: Entry, path: Path) -> None:
     """Check size and sha256 of `path` against the catalog; raise CatalogError on a mismatch."""
     size = path.stat().st_size

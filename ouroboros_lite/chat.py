@@ -219,6 +219,8 @@ def engine_from_args(args) -> Engine:
 
 
 def run_chat(args) -> int:
+    from .arguments import max_tokens_for
+
     # Ctrl-C must reach the REPL even when started from a shell that ignores SIGINT for
     # background jobs (the disposition is inherited, and Python keeps SIG_IGN if it finds it).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -234,8 +236,8 @@ def run_chat(args) -> int:
         print(f"ouroboros-lite chat: {pair}, method {engine.method}, temperature {engine.sampling.temperature:g}",
               file=sys.stderr)
         print("/help lists commands; Ctrl-C stops a reply; Ctrl-D or Ctrl-C at the prompt exits", file=sys.stderr)
-        session = ChatSession(engine, system=args.system, max_tokens=args.max_tokens, show_drafts=args.show_drafts,
-                              stop=args.stop)
+        session = ChatSession(engine, system=args.system, show_drafts=args.show_drafts, stop=args.stop,
+                              max_tokens=max_tokens_for(args.max_tokens, 1024, engine.n_ctx))
         while True:
             try:
                 line = session.read_message()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from .arguments import add_method_args, add_model_args, add_sampling_args, add_stop_args, finite_float, positive_int, \
-    runtime_options, sampling_params
+from .arguments import add_method_args, add_model_args, add_sampling_args, add_stop_args, finite_float, \
+    max_tokens_for, positive_int, runtime_options, sampling_params, token_budget
 from .errors import OuroborosError
 
 DEFAULT_PROMPT = "Write a short poem about a snake that eats its own tail."
@@ -33,10 +34,14 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate text from a prompt, streaming it to stdout")
     add_model_args(gen)
-    gen.add_argument("-p", "--prompt", default=DEFAULT_PROMPT, help="prompt text ('-' reads stdin)")
-    gen.add_argument("-n", "--max-tokens", type=positive_int, default=DEFAULT_MAX_TOKENS, help="tokens to generate")
+    given = gen.add_mutually_exclusive_group()
+    given.add_argument("-p", "--prompt", default=None,
+                       help=f"prompt text ('-' reads stdin; default: {DEFAULT_PROMPT!r})")
+    given.add_argument("-f", "--file", default=None, help="read the prompt from this file (llama.cpp's -f)")
+    gen.add_argument("-n", "--max-tokens", type=token_budget, default=None,
+                     help=f"tokens to generate (default: {DEFAULT_MAX_TOKENS}; -1 = until the end or the context)")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    gen.add_argument("--system", default=None, help="system prompt (with --chat)")
+    gen.add_argument("--system", default=None, help="system prompt (implies --chat)")
     add_method_args(gen, default_help="ouroboros: with a draft the full method, else its draft-free mode")
     add_stop_args(gen)
     add_sampling_args(gen, temperature_help="temperature (default 0: greedy, exactly the target's own output)")
@@ -44,7 +49,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat in the terminal (multi-turn, streaming, /help for commands)")
     add_model_args(chat)
     chat.add_argument("--system", default=None, help="system prompt")
-    chat.add_argument("-n", "--max-tokens", type=positive_int, default=1024, help="longest reply in tokens")
+    chat.add_argument("-n", "--max-tokens", type=token_budget, default=None,
+                      help="longest reply in tokens (default: 1024; -1 = as long as the context allows)")
     add_method_args(chat, default_help="ouroboros: with --draft the full method, else its draft-free mode")
     chat.add_argument("--show-drafts", action="store_true",
                       help="colour tokens by who proposed them: draft (green), pool (blue), target (plain)")
@@ -74,11 +80,19 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", help="measure batch costs of the model pair here and pick hyper-parameters")
     add_model_args(tune)
+    tune.add_argument("--repeats", type=positive_int, default=7,
+                      help="timings per batch size, interleaved; the median counts (default: 7)")
+    tune.add_argument("--reset", action="store_true",
+                      help="remove this pair's tuned hyper-parameters (back to the built-in defaults)")
 
     pull = sub.add_parser("pull", help="fetch a catalog model into the cache")
     pull.add_argument("name")
 
-    sub.add_parser("models", help="list catalog models and what is cached")
+    models = sub.add_parser("models", help="list catalog models and what is cached; `models rm NAME` deletes one")
+    models.add_argument("action", nargs="?", choices=("list", "rm"), default="list",
+                        help="list (default) or rm: delete cached files")
+    models.add_argument("names", nargs="*", help="models to remove (with rm)")
+    models.add_argument("--all", action="store_true", help="with rm: remove every cached catalog model")
 
     config = sub.add_parser("config", help="print the effective configuration and where each value comes from")
     add_model_args(config)
@@ -92,17 +106,19 @@ def cmd_generate(args) -> int:
     from .runtime import Runtime
     from .stops import StopStrings
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_prompt(args)
     method = args.method
+    chat = args.chat or args.system is not None  # a system prompt only exists in a chat template
     sampling = sampling_params(args, default_temperature=0.0)
     stops = StopStrings(args.stop)  # an empty --stop is an error before the model loads
     with Runtime(args.model, args.draft, method=method, options=runtime_options(args)) as runtime:
-        tokens = runtime.tokenize_prompt(prompt, chat=args.chat, system=args.system)
+        tokens = runtime.tokenize_prompt(prompt, chat=chat, system=args.system)
+        max_tokens = max_tokens_for(args.max_tokens, DEFAULT_MAX_TOKENS, runtime.context.n_ctx - len(tokens))
         warm = args.warm_pool and runtime.has_pool(method)
         if warm:
             runtime.load_pool()
         last = None
-        for response in runtime.generate(tokens, max_tokens=args.max_tokens, sampling=sampling):
+        for response in runtime.generate(tokens, max_tokens=max_tokens, sampling=sampling):
             text, stopped = stops.push(response.text)
             sys.stdout.write(text if stopped or response.finish_reason is None else text + stops.flush())
             sys.stdout.flush()
@@ -114,6 +130,18 @@ def cmd_generate(args) -> int:
             runtime.save_pool()
         print(format_stats(last, method_label(method, runtime), runtime.drafter_for(method)), file=sys.stderr)
     return 0
+
+
+def read_prompt(args) -> str:
+    """-p TEXT, -p - (stdin) or -f FILE, as UTF-8 text."""
+    if args.file is None:
+        return sys.stdin.read() if args.prompt == "-" else (DEFAULT_PROMPT if args.prompt is None else args.prompt)
+    try:
+        return Path(args.file).expanduser().read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise OuroborosError(f"--file {args.file}: not UTF-8 text (invalid byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise OuroborosError(f"--file {args.file}: cannot read it: {exc.strerror or exc}") from None
 
 
 def method_label(method: str, runtime) -> str:
@@ -167,14 +195,39 @@ def cmd_pull(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .catalog import is_verified, load_catalog
+    """`models`: the catalog with what is cached, like `ollama list`; `models rm NAME|--all` like `ollama rm`."""
+    from .catalog import is_verified, load_catalog, models_dir, remove_cached
 
     catalog = load_catalog()
+    if args.action == "rm":
+        if bool(args.names) == args.all:
+            raise OuroborosError("models rm takes model names or --all (see `ouroboros-lite models`)")
+        names = [n for n, e in catalog.entries.items() if e.path.exists()] if args.all else args.names
+        entries = [catalog.get(name) for name in names]  # an unknown name fails before anything is deleted
+        freed = 0
+        for entry in entries:
+            removed = remove_cached(entry)
+            freed += removed
+            print(f"removed {entry.name} ({removed / 1e6:,.0f} MB)" if removed else f"{entry.name}: not cached")
+        print(f"freed {freed / 1e6:,.0f} MB")
+        return 0
+    if args.names or args.all:
+        raise OuroborosError("model names and --all go with `models rm`")
+    rows = [("NAME", "SOURCE", "SIZE", "CACHED", "DESCRIPTION")]
+    on_disk = cached = 0
     for name, entry in catalog.entries.items():
-        mark = "cached" if is_verified(entry) else "-"
+        here = is_verified(entry)
+        cached += here
+        on_disk += entry.path.stat().st_size if entry.path.is_file() else 0
+        pair = f", draft {entry.pair}" if entry.pair else ""
         default = " (default)" if name == catalog.default else ""
-        size = f"{entry.size / 1e6:,.0f} MB"
-        print(f"{name:36s} {entry.source:8s} {size:>10s}  {mark:7s} {entry.description}{default}")
+        rows.append((name, entry.source, f"{entry.size / 1e6:,.0f} MB", "yes" if here else "-",
+                     f"{entry.description}{pair}{default}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(f"{cell:<{w}}" if i != 2 else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(row, widths)))
+              + "  " + row[4])
+    print(f"\ncache: {models_dir()} ({cached} of {len(catalog.entries)} cached, {on_disk / 1e9:.2f} GB on disk)")
     return 0
 
 
@@ -215,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tune":
             from .tune import cmd_tune
 
-            return cmd_tune(args, runtime_options(args))
+            return cmd_tune(args, None if args.reset else runtime_options(args))
         return commands[args.command](args)
     except OuroborosError as exc:
         print(f"ouroboros-lite: error: {exc}", file=sys.stderr)

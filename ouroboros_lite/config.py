@@ -60,6 +60,8 @@ SETTINGS: dict[str, Setting] = {
     "repeat_penalty": Setting(float, 1.0, "repetition penalty (1.0 = off)"),
     "repeat_last_n": Setting(int, 64, "tokens the repetition penalty looks back over"),
     "seed": Setting(int, -1, "sampling seed (-1 = random)"),
+    "max_tokens": Setting(int, None, "tokens to generate (None = the command's default: generate 128, chat 1024; "
+                                     "-1 = until the end or the context)"),
     "system": Setting(str, None, "system prompt"),
     "ngram": Setting(int, None, "N: pool phrases hold N-1 tokens"),
     "window": Setting(int, None, "W: Jacobi window columns on the draft"),
@@ -79,7 +81,7 @@ SETTINGS: dict[str, Setting] = {
 CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS, "repack": REPACK_SETTINGS}
 # the least value of numeric settings (smaller contexts are raised to a working minimum at load time)
 MINIMUM: dict[str, int] = {"threads": 1, "ctx_size": 1, "ngram": 2, "window": 0, "draft_guesses": 0, "candidates": 0,
-                           "max_target_nodes": 1, "max_draft": 1, "top_k": 0, "repeat_last_n": -1, "port": 0,
+                           "max_target_nodes": 1, "max_draft": 1, "top_k": 0, "repeat_last_n": -1, "port": 0, "max_tokens": -1,
                            "parallel": 1}
 
 # how `format_config` shows None: "-" where it means "nothing", "auto" where something is picked later
@@ -282,5 +284,11 @@ def format_config(resolved: ResolvedConfig) -> str:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """`ouroboros-lite config`: show every setting's effective value and where it came from."""
-    print(format_config(apply_to_namespace(args)))
+    resolved = apply_to_namespace(args)
+    print(format_config(resolved))
+    from .tune import describe_cached_tuning
+
+    line = describe_cached_tuning(resolved["model"], resolved["draft"])
+    if line:
+        print(line)
     return 0

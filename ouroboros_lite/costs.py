@@ -59,22 +59,61 @@ class CostProfile:
         path.write_text(json.dumps({"source": self.source, "target": self.target, "draft": self.draft}, indent=2))
 
 
-def measure_curve(verifier, prefix: list[int], sizes=BATCH_SIZES, repeats: int = 5) -> dict[int, float]:
-    """Median seconds of one chain forward of k tokens after `prefix`, for each k."""
+@dataclass(frozen=True)
+class CurvePoint:
+    """Repeated timings of one batch size: the median is the cost, the spread its noise."""
+
+    times: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        ordered = sorted(self.times)
+        return ordered[len(ordered) // 2]
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: 0.1 = the runs differ by 10 % of the cost."""
+        return (max(self.times) - min(self.times)) / self.median
+
+
+MAX_SPREAD = 0.5  # a point whose repeats differ by more than half its median was measured on a busy machine
+
+
+def curve_problem(points: dict[int, CurvePoint], max_spread: float = MAX_SPREAD) -> str | None:
+    """Why a measured curve cannot be trusted, or None. A forward of more tokens never costs less
+    than one of fewer beyond the noise of the two points; no point may be noisier than max_spread."""
+    noisy = [f"{k} tokens ({point.spread:.0%})" for k, point in sorted(points.items()) if point.spread > max_spread]
+    if noisy:
+        return f"timings vary too much between repeats at {', '.join(noisy)} (more than {max_spread:.0%})"
+    ordered = sorted(points.items())
+    for (k0, p0), (k1, p1) in zip(ordered, ordered[1:]):
+        noise = max(p0.median * p0.spread, p1.median * p1.spread, 0.02 * p0.median)
+        if p1.median < p0.median - noise:
+            return (f"{k1} tokens measured cheaper than {k0} ({p1.median * 1e3:.1f} ms < {p0.median * 1e3:.1f} ms, "
+                    f"noise {noise * 1e3:.1f} ms): the curve is not monotone")
+    return None
+
+
+def measure_points(verifier, prefix: list[int], sizes=BATCH_SIZES, repeats: int = 7) -> dict[int, CurvePoint]:
+    """Seconds of one chain forward of k tokens after `prefix`, `repeats` times per k, the sizes
+    interleaved (round r times every size once), so a burst of load spreads over all of them."""
     from .tree import TokenTree
 
-    curve = {}
     context = verifier.context
     sizes = [k for k in sizes if k - 1 <= verifier.max_nodes]
-    for k in sizes:
-        times = []
-        for _ in range(repeats):
+    times: dict[int, list[float]] = {k: [] for k in sizes}
+    for _ in range(repeats):
+        for k in sizes:
             context.clear()
             root = verifier.prefill(prefix)
             chain = TokenTree(tuple([root] * (k - 1)), tuple(range(-1, k - 2)), ("draft",) * (k - 1))
             start = time.perf_counter()
             verifier.decode(root, len(prefix), chain)
-            times.append(time.perf_counter() - start)
+            times[k].append(time.perf_counter() - start)
             verifier.commit(-1)
-        curve[k] = sorted(times)[len(times) // 2]
-    return curve
+    return {k: CurvePoint(tuple(ts)) for k, ts in times.items()}
+
+
+def measure_curve(verifier, prefix: list[int], sizes=BATCH_SIZES, repeats: int = 7) -> dict[int, float]:
+    """Median seconds of one chain forward of k tokens after `prefix`, for each k."""
+    return {k: point.median for k, point in measure_points(verifier, prefix, sizes, repeats).items()}

@@ -19,7 +19,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .catalog import cache_dir
-from .costs import CostProfile, measure_curve
+from .costs import CostProfile, curve_problem, measure_points
+from .errors import OuroborosError
 from .drafters.ouroboros import OuroborosParams
 
 TARGET_BUDGET = 3.0  # a target tree may cost up to this many single-token steps
@@ -76,24 +77,81 @@ def load_tuned(target: Path, draft: Path | None) -> OuroborosParams | None:
         return None
 
 
+def describe_tuning(target: Path, draft: Path | None) -> str:
+    """For `config`: where the speculation hyper-parameters of this pair come from."""
+    path = tuning_path(target, draft)
+    params = load_tuned(target, draft) if path.is_file() else None
+    if params is None:
+        return f"tuned hyper-parameters: none for {target.name}{' + ' + draft.name if draft else ''} (built-in defaults)"
+    return (f"tuned hyper-parameters: {path} (window={params.window}, draft_guesses={params.draft_guesses}, "
+            f"max_target_nodes={params.max_target_nodes}); `ouroboros-lite tune --reset` removes them")
+
+
+def describe_cached_tuning(model: str | None, draft: str | None) -> str | None:
+    """describe_tuning for the configured pair, where its files are here already (config fetches nothing)."""
+    from .catalog import is_verified, load_catalog, resolve_pair
+
+    catalog = load_catalog()
+
+    def here(name: str) -> bool:
+        return is_verified(catalog.get(name)) if name in catalog.entries else Path(name).expanduser().is_file()
+
+    if not here(model or catalog.default) or draft not in (None, "none", "auto") and not here(draft):
+        return None
+    if draft == "auto":
+        draft = None  # the pair where it is cached; config fetches nothing
+    try:
+        target, draft_path, _ = resolve_pair(model, draft, catalog)
+    except OuroborosError:
+        return None
+    return describe_tuning(target, draft_path)
+
+
+def reset_tuning(target: Path, draft: Path | None) -> int:
+    path = tuning_path(target, draft)
+    removed = [p for p in (path, path.with_suffix(".profile.json")) if p.is_file()]
+    for p in removed:
+        p.unlink()
+    print(f"removed {', '.join(map(str, removed))}" if removed else f"nothing to reset: no {path}")
+    return 0
+
+
+def checked_curve(name: str, verifier, prefix: list[int], repeats: int) -> dict[int, float]:
+    """The medians of interleaved repeats; an error (nothing saved) where the curve is too noisy."""
+    print(f"measuring the {name} ({repeats} interleaved repeats per batch size) ...", file=sys.stderr)
+    points = measure_points(verifier, prefix, repeats=repeats)
+    problem = curve_problem(points)
+    if problem:
+        raise OuroborosError(f"the {name}'s cost curve is not trustworthy, nothing saved: {problem}. "
+                             "The machine is probably busy: check `uptime`, then re-run tune when it is quiet "
+                             "(or with --repeats 15)")
+    for k, point in sorted(points.items()):
+        print(f"  {k:3d} tokens: {point.median * 1e3:8.2f} ms  (spread {point.spread:.0%})", file=sys.stderr)
+    return {k: point.median for k, point in points.items()}
+
+
 def cmd_tune(args, options) -> int:
     """options: the RuntimeOptions the flags give (arguments.runtime_options), the curves' settings."""
     from .backend import Context
+    from .catalog import resolve_model
     from .runtime import Runtime
     from .verify import TreeVerifier
 
+    if getattr(args, "reset", False):
+        return reset_tuning(resolve_model(args.model), resolve_model(args.draft) if args.draft else None)
+    repeats = getattr(args, "repeats", 7)
     with Runtime(args.model, args.draft, method="ar", options=options) as runtime:
         prefix = runtime.tokenize_prompt(MEASURE_PROMPT, chat=True)
-        print("measuring the target ...", file=sys.stderr)
-        target_curve = measure_curve(runtime.verifier, prefix)
+        target_curve = checked_curve("target", runtime.verifier, prefix, repeats)
         draft_curve = {}
         if runtime.draft is not None:
-            print("measuring the draft ...", file=sys.stderr)
             context = Context(runtime.draft, n_ctx=1024, n_batch=64, n_seq_max=1, threads=options.threads)
             verifier = TreeVerifier(context, max_nodes=40, max_paths=1)
-            draft_curve = measure_curve(verifier, prefix)
-            verifier.close()
-            context.close()
+            try:
+                draft_curve = checked_curve("draft", verifier, prefix, repeats)
+            finally:
+                verifier.close()
+                context.close()
         source = f"tune on this machine ({options.threads} threads): {runtime.target.path.name}" + (
             f" + {runtime.draft.path.name}" if runtime.draft else "")
         profile = CostProfile(source=source, target=target_curve, draft=draft_curve)

@@ -53,7 +53,7 @@ def test_tie_check_tells_a_near_tie_from_a_real_difference(pair):
 
     from ouroboros_lite.ties import check_tie
 
-    from conftest import generate_ids
+    from support import generate_ids
 
     prompt = pair.tokenize_prompt("Name three colours.", chat=True)
     reference = generate_ids(pair, prompt, 12, "ar")

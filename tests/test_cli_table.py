@@ -164,6 +164,17 @@ CASES = [
          r"error: template\.gguf has a broken chat template"),
     Case("broken-template-chat", [*CHAT[:2], "{template}", *CHAT[3:]], 1, r"error: template\.gguf has a broken chat",
          stdin=b"hi\n"),
+    # llama-cli habits: -f, -n -1, -b, -fa, max_tokens from the environment
+    Case("file-missing", [*AR[:3], "-f", "{root}/absent.txt", *AR[5:]], 1, r"error: --file .*absent\.txt: cannot read"),
+    Case("file-not-utf8", [*AR[:3], "-f", "{root}/p.txt", *AR[5:]], 1, r"error: --file .*not UTF-8",
+         setup=file_at("p.txt", b"caf\xe9")),
+    Case("file-and-prompt", [*AR, "-f", "{root}/p.txt"], 2, r"error: argument -f/--file: not allowed with"),
+    Case("n-minus-1", [*AR[:5], "-n", "-1", "-c", "256", "-t", "1", "--method", "ar"], 0, None),
+    Case("n-zero", [*AR[:5], "-n", "0", *AR[7:]], 2, r"error: argument -n/--max-tokens: must be a positive number or -1"),
+    Case("env-max-tokens-0", GEN[:5], 1, r"error: max_tokens must be a positive number or -1",
+         env={"OUROBOROS_LITE_MAX_TOKENS": "0"}),
+    Case("batch-too-small", [*AR, "-b", "8"], 1, r"error: --batch-size must be at least 49"),
+    Case("flash-attn-off", [*AR, "-fa", "off"], 0, None),
     # bench: bad prompt files and unwritable outputs fail before the run
     *[Case(f"bench-{name}", [*BENCH, "--prompts", f"{{root}}/{name}.jsonl"], 1, rf"error: .*{name}\.jsonl.*{message}",
            setup=file_at(f"{name}.jsonl", data))

@@ -21,7 +21,7 @@ from ouroboros_lite.generate import stream_generate
 from ouroboros_lite.pool import PhrasePool
 from ouroboros_lite.runtime import Runtime
 
-from conftest import options
+from support import options
 
 N_CTX = 256
 # (window, guesses, max target nodes, copy_match, ngram): pairwise coverage of W in {0, 4, 12},

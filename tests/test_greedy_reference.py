@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PROMPTS, THREADS, generate_ids
+from support import PROMPTS, THREADS, generate_ids
 from llama_reference import reference_greedy
 
 N_TOKENS = 64

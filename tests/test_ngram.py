@@ -9,7 +9,7 @@ from ouroboros_lite.drafters.pld import PromptLookupDrafter
 from ouroboros_lite.ngram import ContextIndex
 from ouroboros_lite.runtime import Runtime
 
-from conftest import assert_equal_or_tie, generate_ids, options
+from support import assert_equal_or_tie, generate_ids, options
 
 
 def indexed(tokens, **kwargs) -> ContextIndex:

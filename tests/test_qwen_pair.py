@@ -17,7 +17,7 @@ from ouroboros_lite.pool import PhrasePool
 from ouroboros_lite.runtime import Runtime, RuntimeOptions
 from ouroboros_lite.ties import check_tie
 
-from conftest import THREADS, assert_equal_or_tie, first_difference, generate_ids, options
+from support import THREADS, assert_equal_or_tie, first_difference, generate_ids, options
 
 TARGET, DRAFT = "qwen2.5-coder-1.5b-instruct-q4_k_m", "qwen2.5-coder-0.5b-instruct-q4_k_m"
 N_TOKENS = 64

@@ -7,7 +7,7 @@ import pytest
 from ouroboros_lite import Engine, OuroborosError
 from ouroboros_lite.runtime import Models, Runtime, Session
 
-from conftest import PROMPTS, generate_ids, options
+from support import PROMPTS, generate_ids, options
 
 N = 24
 

@@ -7,7 +7,7 @@ import pytest
 from ouroboros_lite.errors import VocabularyMismatchError
 from ouroboros_lite.runtime import Runtime
 
-from conftest import options
+from support import options
 
 def test_sd_reports_speculation_statistics(pair):
     tokens = pair.tokenize_prompt("List the planets of the solar system.", chat=True)

@@ -106,6 +106,15 @@ def test_llama_cpp_flag_names_are_aliases(capsys):
         assert (args.model, args.draft, args.max_draft) == ("t.gguf", "d.gguf", 3), command
     args = setup_arg_parser().parse_args(["generate", "--model-draft", "d.gguf", "--target", "t.gguf"])
     assert (args.model, args.draft) == ("t.gguf", "d.gguf")
+    # llama-cli's habits (its flag names, as its --help documents them), on generate
+    args = setup_arg_parser().parse_args(["generate", "-m", "t.gguf", "-f", "p.txt", "-n", "-1", "-r", "User:",
+                                          "--stop", "###", "-fa", "-b", "64", "-s", "7", "-c", "512", "-t", "2",
+                                          "-ngl", "99", "--temp", "0.5", "--top-k", "20", "--repeat-penalty", "1.1"])
+    assert (args.file, args.max_tokens, args.stop, args.flash_attn, args.batch_size, args.seed) == (
+        "p.txt", -1, ["User:", "###"], "on", 64, 7)
+    assert (args.ctx_size, args.threads, args.gpu_layers, args.temperature, args.top_k) == (512, 2, 99, 0.5, 20)
+    assert setup_arg_parser().parse_args(["generate", "-fa", "off"]).flash_attn == "off"
+    assert setup_arg_parser().parse_args(["chat", "-n", "-1"]).max_tokens == -1
     with pytest.raises(SystemExit) as exited:
         setup_arg_parser().parse_args(["--version"])
     assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"ouroboros-lite {__version__}"

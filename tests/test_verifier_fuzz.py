@@ -20,7 +20,7 @@ from ouroboros_lite.native import NativeError
 from ouroboros_lite.runtime import Runtime
 from ouroboros_lite.tree import TokenTree
 
-from conftest import options
+from support import options
 
 N_CTX = 256
 N_TREES = 2000

@@ -1,0 +1,99 @@
+"""What llama-cli, Ollama and LM Studio users reach for first, through the real CLI on the small
+Q4_1 model (greedy `ar`, a handful of tokens): -f, --system without --chat, max_tokens from the
+config file and the environment, -n -1, and `bench --repeat`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+GREEDY = ["--method", "ar", "-t", "1", "--temp", "0", "--no-warm-pool"]
+
+
+def run(*args, env=None, cwd=None):
+    done = subprocess.run([sys.executable, "-m", "ouroboros_lite", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def generated(done) -> int:
+    return int(re.search(r"generated (\d+) tok", done.stderr).group(1))
+
+
+def test_a_prompt_from_a_file_is_the_prompt(draft_path, tmp_path):
+    (tmp_path / "p.txt").write_text("The capital of France is", encoding="utf-8")
+    from_file = run("generate", "-m", draft_path, "-f", tmp_path / "p.txt", "-n", 8, *GREEDY)
+    from_flag = run("generate", "-m", draft_path, "-p", "The capital of France is", "-n", 8, *GREEDY)
+    assert from_file.stdout == from_flag.stdout and from_file.stdout.strip()
+
+
+def test_a_system_prompt_implies_chat(draft_path):
+    implied = run("generate", "-m", draft_path, "-p", "Name a colour.", "--system", "Answer in French.", "-n", 8, *GREEDY)
+    explicit = run("generate", "-m", draft_path, "-p", "Name a colour.", "--system", "Answer in French.", "--chat",
+                   "-n", 8, *GREEDY)
+    raw = run("generate", "-m", draft_path, "-p", "Name a colour.", "-n", 8, *GREEDY)
+    assert implied.stdout == explicit.stdout != raw.stdout
+
+
+@pytest.mark.parametrize("where", ["config", "environment"])
+def test_max_tokens_comes_from_the_config_file_and_the_environment(draft_path, tmp_path, where):
+    # a prompt that does not end soon, so exactly max_tokens are generated
+    prompt = ["-p", "Count from 1 to 100: 1, 2, 3,"]
+    if where == "config":
+        (tmp_path / "config.toml").write_text("max_tokens = 5\n")
+        env = {"OUROBOROS_LITE_CONFIG": str(tmp_path / "config.toml")}
+    else:
+        env = {"OUROBOROS_LITE_MAX_TOKENS": "5"}
+    assert generated(run("generate", "-m", draft_path, *prompt, *GREEDY, env=env)) == 5
+    assert generated(run("generate", "-m", draft_path, *prompt, "-n", 7, *GREEDY, env=env)) == 7  # the flag wins
+    shown = run("config", env=env).stdout
+    assert re.search(r"^max_tokens\s+5\s+(config file|environment)", shown, re.M), shown
+
+
+def test_n_minus_1_generates_until_the_context_is_full(draft_path):
+    done = run("generate", "-m", draft_path, "-p", "Count from 1 to 1000: 1, 2, 3,", "-n", -1, "-c", 256, *GREEDY)
+    prompt = int(re.search(r"prompt (\d+) tok", done.stderr).group(1))
+    # counting does not end by itself: past the default 128 tokens, up to what the context holds
+    assert 128 < generated(done) and prompt + generated(done) <= 256, done.stderr
+
+
+def test_bench_repeat_reports_medians_and_spreads(draft_path, tmp_path):
+    out = tmp_path / "bench.json"
+    done = run("bench", "--model", draft_path, "--methods", "ar,pld", "--limit", 2, "-n", 8, "-t", 1, "--repeat", 2,
+               "--json", out)
+    assert "x 2 repeats" in done.stdout and "median x" in done.stdout and "min-max x" in done.stdout
+    data = json.loads(out.read_text())
+    assert data["repeat"] == 2 and data["target"] == draft_path.name and data["machine"]
+    for row in data["all"]:
+        assert all(len(runs) == 2 for runs in row["runs"].values()) and len(row["runs"]) == 2
+        low, high = row["speedup_range"]
+        assert low <= row["median_speedup"] <= high
+    assert data["all"][0]["median_speedup"] == 1.0  # ar over itself
+
+
+def test_models_lists_the_cache_and_rm_removes_a_model(tmp_path, draft_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / draft_path.name).symlink_to(draft_path)  # "cached" in a temporary cache
+    shutil.copy(draft_path.with_name(draft_path.name + ".verified"), cache / "models")
+    env = {"OUROBOROS_LITE_CACHE": str(cache)}
+    listed = run("models", env=env).stdout
+    assert listed.startswith("NAME") and re.search(r"^smollm2-135m-instruct-q4_1 .* yes ", listed, re.M), listed
+    assert f"cache: {cache / 'models'} (1 of " in listed
+    unknown = subprocess.run([sys.executable, "-m", "ouroboros_lite", "models", "rm", "no-such-model"],
+                             capture_output=True, text=True, env={**os.environ, **env})
+    assert unknown.returncode == 1 and "unknown model 'no-such-model'" in unknown.stderr
+    assert (cache / "models" / draft_path.name).exists()  # nothing removed by a failed rm
+    removed = run("models", "rm", "smollm2-135m-instruct-q4_1", env=env).stdout
+    assert "removed smollm2-135m-instruct-q4_1" in removed and not (cache / "models" / draft_path.name).exists()
+    assert draft_path.is_file()  # the real cache is untouched
+    assert "(0 of " in run("models", env=env).stdout
+    assert "freed 0 MB" in run("models", "rm", "--all", env=env).stdout
