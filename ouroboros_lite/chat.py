@@ -197,9 +197,10 @@ def format_stats(last: Completion | None) -> str:
     spec = last.spec
     by_source = {s: last.sources.count(s) for s in ("draft", "pool", "window", "target")}
     lines = [
-        f"reply: {last.generation_tokens} tokens at {last.tokens_per_second:.1f} tok/s ({last.finish_reason})",
+        f"reply: {last.generation_tokens} tokens at {last.tokens_per_second:.1f} tok/s ({last.finish_reason})"
+        + (f", seed {last.seed}" if last.seed is not None else ""),
         f"prompt: {last.prompt_tokens} tokens, {last.cached_tokens} reused from the cache, "
-        f"{last.prompt_tokens - last.cached_tokens} decoded in {last.prompt_seconds:.2f} s",
+        f"{last.prompt_tokens - last.cached_tokens} decoded in {last.prompt_seconds:.2f} s (time to first token)",
         f"acceptance: {spec.acceptance_rate:.0%} of {spec.drafted_tokens} drafted tokens; "
         f"{spec.tokens_per_forward:.2f} tokens per target forward ({spec.target_forwards} forwards, "
         f"{spec.draft_forwards} draft forwards)",

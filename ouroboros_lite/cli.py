@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .arguments import add_method_args, add_model_args, add_sampling_args, add_stop_args, finite_float, \
@@ -111,7 +112,9 @@ def cmd_generate(args) -> int:
     chat = args.chat or args.system is not None  # a system prompt only exists in a chat template
     sampling = sampling_params(args, default_temperature=0.0)
     stops = StopStrings(args.stop)  # an empty --stop is an error before the model loads
+    loading = time.perf_counter()
     with Runtime(args.model, args.draft, method=method, options=runtime_options(args)) as runtime:
+        load_seconds = time.perf_counter() - loading
         tokens = runtime.tokenize_prompt(prompt, chat=chat, system=args.system)
         max_tokens = max_tokens_for(args.max_tokens, DEFAULT_MAX_TOKENS, runtime.context.n_ctx - len(tokens))
         warm = args.warm_pool and runtime.has_pool(method)
@@ -128,7 +131,8 @@ def cmd_generate(args) -> int:
         sys.stdout.write("\n")
         if warm:
             runtime.save_pool()
-        print(format_stats(last, method_label(method, runtime), runtime.drafter_for(method)), file=sys.stderr)
+        print(format_stats(last, method_label(method, runtime), runtime.drafter_for(method), load_seconds),
+              file=sys.stderr)
     return 0
 
 
@@ -163,7 +167,8 @@ def resolve_models(args) -> None:
     args.model, args.draft = target, draft
 
 
-def format_stats(last, method: str, drafter=None) -> str:
+def format_stats(last, method: str, drafter=None, load_seconds: float | None = None) -> str:
+    """The line after a generation, with what llama.cpp prints and LM Studio shows."""
     from .drafters.adaptive import AdaptiveDrafter
 
     if last is None:
@@ -171,12 +176,18 @@ def format_stats(last, method: str, drafter=None) -> str:
     line = (
         f"[{method}] prompt {last.prompt_tokens} tok ({last.prompt_tps:.1f} tok/s), "
         f"generated {last.generation_tokens} tok in {last.generation_seconds:.2f} s: "
-        f"{last.generation_tps:.1f} tok/s"
+        f"{last.generation_tps:.1f} tok/s | first token {last.prompt_seconds:.2f} s, "
+        f"total {last.prompt_seconds + last.generation_seconds:.2f} s"
     )
+    if load_seconds is not None:
+        line += f", load {load_seconds:.2f} s"
+    if last.seed is not None:
+        line += f", seed {last.seed}"
     spec = last.spec
     if spec.drafted_tokens:
         line += (
-            f" | acceptance {spec.acceptance_rate:.0%}, {spec.tokens_per_forward:.2f} tok/target forward, "
+            f" | acceptance {spec.acceptance_rate:.0%} ({spec.accepted_tokens}/{spec.drafted_tokens} drafted), "
+            f"{spec.tokens_per_forward:.2f} tok/target forward, "
             f"target forwards {spec.target_forwards}, draft forwards {spec.draft_forwards}"
         )
     if spec.target_forwards and last.generation_seconds > 0:

@@ -15,9 +15,10 @@ a turn decodes only what its prompt adds to the previous one.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -93,6 +94,7 @@ class Completion:
     finish_reason: str  # "stop", "length" or "cancelled"
     spec: SpecStats
     sources: tuple[str, ...] = ()  # per generated token: "target", "draft" or "pool"
+    seed: int | None = None  # the sampling seed drawn with (None: greedy); pass it as seed= to repeat the text
 
     @property
     def tokens_per_second(self) -> float:
@@ -152,7 +154,8 @@ class Engine:
 
     # --- generation ---------------------------------------------------------------------------------
     def generate(self, prompt: str, *, max_tokens: int = 256, stream: bool = False, sources: bool = False,
-                 stop: str | Sequence[str] | None = None, reuse_cache: bool = False, **sampling):
+                 stop: str | Sequence[str] | None = None, reuse_cache: bool = False,
+                 on_token: Callable[[str], None] | None = None, **sampling):
         """Continue raw text (no chat template).
 
         stream=False: a Completion. stream=True: a Stream of text pieces (Piece(text, source)
@@ -160,20 +163,49 @@ class Engine:
         strings; the text ends before the first of them (finish_reason "stop"), and a stream holds
         back a piece that could be the beginning of one until it is known not to be. reuse_cache:
         keep the longest prefix of the prompt the KV cache holds, as chat turns do (the text is the
-        same; a server's completions of prompts with a common beginning decode only the rest)."""
+        same; a server's completions of prompts with a common beginning decode only the rest).
+        on_token: called with each text piece as it is generated (stream=False)."""
         if not isinstance(prompt, str):
             raise OuroborosError(f"prompt must be a string, got {type(prompt).__name__}")
         return self._start(lambda: self._open().tokenize_prompt(prompt), max_tokens, stream, sources, sampling,
-                           reuse_cache=reuse_cache, stop=stop)
+                           reuse_cache=reuse_cache, stop=stop, on_token=on_token)
 
     def chat(self, messages: Sequence[dict | ChatMessage], *, max_tokens: int = 1024, stream: bool = False,
-             sources: bool = False, stop: str | Sequence[str] | None = None, **sampling):
+             sources: bool = False, stop: str | Sequence[str] | None = None,
+             on_token: Callable[[str], None] | None = None, **sampling):
         """Answer the last message of a conversation, with the model's chat template; as generate.
 
         messages: {"role": ..., "content": ...} dicts or ChatMessage values. The KV cache keeps
         the previous turn, so only the new part of the conversation is decoded."""
         return self._start(lambda: self.chat_tokens(messages), max_tokens, stream, sources, sampling,
-                           reuse_cache=True, stop=stop)
+                           reuse_cache=True, stop=stop, on_token=on_token)
+
+    async def agenerate(self, prompt: str, **kwargs) -> AsyncIterator:
+        """generate(stream=True) for asyncio: each step runs in a worker thread, so the event loop
+        keeps serving while tokens are computed. Breaking out of the loop (or cancelling the task)
+        ends the generation; `engine.last` holds its Completion."""
+        stream = await asyncio.to_thread(self.generate, prompt, stream=True, **kwargs)
+        async for piece in _without_blocking(stream):
+            yield piece
+
+    async def achat(self, messages: Sequence[dict | ChatMessage], **kwargs) -> AsyncIterator:
+        """chat(stream=True) for asyncio, as agenerate."""
+        stream = await asyncio.to_thread(self.chat, messages, stream=True, **kwargs)
+        async for piece in _without_blocking(stream):
+            yield piece
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """The target's tokens for `text` (with its BOS token where the model adds one)."""
+        if not isinstance(text, str):
+            raise OuroborosError(f"text must be a string, got {type(text).__name__}")
+        return self._open().target.tokenize(text, add_special=add_special, parse_special=False)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        model = self._open().target
+        bad = [t for t in tokens if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < model.n_vocab]
+        if bad:
+            raise OuroborosError(f"token ids must be whole numbers in 0..{model.n_vocab - 1}, got {bad[0]!r}")
+        return model.detokenize(list(tokens))
 
     def chat_tokens(self, messages: Sequence[dict | ChatMessage]) -> list[int]:
         if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Sequence) or not messages:
@@ -207,7 +239,7 @@ class Engine:
             raise EngineBusyError(busy_message)
 
     def _start(self, tokenize, max_tokens: int, stream: bool, sources: bool, sampling: dict, *,
-               reuse_cache: bool, stop=None):
+               reuse_cache: bool, stop=None, on_token=None):
         """tokenize() runs under the lock, so a concurrent close cannot free the model under it."""
         unknown = set(sampling) - SAMPLING_FIELDS
         if unknown:
@@ -229,8 +261,12 @@ class Engine:
         self._active = weakref.ref(pieces)
         if stream:
             return pieces
-        for _ in pieces:
-            pass
+        try:
+            for piece in pieces:
+                if on_token is not None:
+                    on_token(piece)
+        finally:
+            pieces.close()  # a callback that raises ends the generation and frees the Engine
         return self.last
 
     def _run(self, tokens, max_tokens, params, reuse_cache, with_sources, stops: StopStrings) -> Iterator:
@@ -300,6 +336,15 @@ def _message(message) -> ChatMessage:
                          f"got {message!r:.80}")
 
 
+async def _without_blocking(stream: Stream) -> AsyncIterator:
+    done = object()
+    try:
+        while (piece := await asyncio.to_thread(next, stream, done)) is not done:
+            yield piece
+    finally:
+        await asyncio.to_thread(stream.close)
+
+
 def _completion(response: GenerationResponse, text: str, sources: list[str]) -> Completion:
     return Completion(
         text=text,
@@ -311,6 +356,7 @@ def _completion(response: GenerationResponse, text: str, sources: list[str]) -> 
         finish_reason=response.finish_reason or "length",
         spec=response.spec,
         sources=tuple(sources),
+        seed=response.seed,
     )
 
 

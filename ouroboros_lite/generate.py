@@ -46,6 +46,7 @@ class GenerationResponse:
     generation_seconds: float
     spec: SpecStats
     finish_reason: str | None = None
+    seed: int | None = None  # the sampling seed this generation drew with (None: greedy)
 
     @property
     def prompt_tps(self) -> float:
@@ -133,6 +134,7 @@ def stream_generate(
         verifier.reset()
         n_cached = 0
     seed = resolve_seed(sampling.seed)
+    shown_seed = seed if sampling.temperature > 0 else None
     sampler, draft_sampler = Sampler(sampling, seed, stream=0), Sampler(sampling, seed, stream=1)
     stream = TextStream(model)
     stats = SpecStats()
@@ -164,6 +166,7 @@ def stream_generate(
             generation_seconds=now - t_first,
             spec=stats,
             finish_reason=finish,
+            seed=shown_seed,
         )
         if finish is not None:
             tokens.close()
@@ -181,4 +184,5 @@ def stream_generate(
         generation_seconds=now - (t_first or now),
         spec=stats,
         finish_reason="length",
+        seed=shown_seed,
     )

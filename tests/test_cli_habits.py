@@ -97,3 +97,15 @@ def test_models_lists_the_cache_and_rm_removes_a_model(tmp_path, draft_path):
     assert draft_path.is_file()  # the real cache is untouched
     assert "(0 of " in run("models", env=env).stdout
     assert "freed 0 MB" in run("models", "rm", "--all", env=env).stdout
+
+
+def test_the_stats_line_has_timings_and_the_seed_that_repeats_a_sampled_text(draft_path):
+    sampled = ["generate", "-m", draft_path, "-p", "Tell me a story.", "-n", 12, "--method", "ar", "-t", 1,
+               "--temp", "0.9", "--no-warm-pool"]
+    first = run(*sampled)
+    seed = int(re.search(r"seed (\d+)", first.stderr).group(1))
+    assert re.search(r"first token \d+\.\d+ s, total \d+\.\d+ s, load \d+\.\d+ s", first.stderr), first.stderr
+    again = run(*sampled, "-s", seed)
+    assert again.stdout == first.stdout and f"seed {seed}" in again.stderr
+    greedy = run("generate", "-m", draft_path, "-p", "Hi", "-n", 4, *GREEDY)
+    assert "seed" not in greedy.stderr

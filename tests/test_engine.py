@@ -203,3 +203,53 @@ def test_engine_uses_the_pairs_tuned_parameters_as_the_cli_does(draft_path, tmp_
     explicit = OuroborosParams()
     with Engine(target=draft_path, threads=2, n_ctx=256, ouroboros=explicit) as engine:  # a given value wins
         assert engine.runtime.options.ouroboros == explicit
+
+
+def test_tokenize_and_detokenize_round_trip(engine):
+    tokens = engine.tokenize("Hello, world", add_special=False)
+    assert tokens and engine.detokenize(tokens) == "Hello, world"
+    with pytest.raises(OuroborosError, match="token ids must be whole numbers"):
+        engine.detokenize([10**9])
+    with pytest.raises(OuroborosError, match="text must be a string"):
+        engine.tokenize(None)
+
+
+def test_on_token_sees_every_piece_and_a_raising_callback_frees_the_engine(engine):
+    pieces = []
+    done = engine.generate("The sky is", max_tokens=12, temperature=0.0, on_token=pieces.append)
+    assert "".join(pieces) == done.text and len(pieces) > 1
+
+    def boom(piece):
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        engine.generate("The sky is", max_tokens=12, temperature=0.0, on_token=boom)
+    assert engine.generate("The sky is", max_tokens=12, temperature=0.0).text == done.text
+
+
+def test_async_generation_leaves_the_event_loop_free(engine):
+    import asyncio
+
+    reference = engine.generate("Once upon a time", max_tokens=24, temperature=0.0).text
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        pieces = [piece async for piece in engine.agenerate("Once upon a time", max_tokens=24, temperature=0.0)]
+        async for _ in engine.achat([{"role": "user", "content": "Count to twenty."}], max_tokens=64):
+            break  # leaving early ends the generation and frees the Engine
+        task.cancel()
+        return pieces, ticks
+
+    pieces, ticks = asyncio.run(main())
+    assert "".join(pieces) == reference
+    assert ticks > len(pieces)  # the loop ran other tasks between (and during) the steps
+    assert engine.last.finish_reason == "cancelled"
+    assert engine.generate("Once upon a time", max_tokens=24, temperature=0.0).text == reference
