@@ -60,7 +60,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-md", "--draft", "--model-draft", dest="draft", default=None,
                         help="draft model: catalog name or .gguf path; 'auto' = the target's catalog pair "
                              "(used by default when cached), 'none' = no draft")
-    parser.add_argument("-t", "--threads", type=positive_int, default=None, help="CPU threads")
+    parser.add_argument("-t", "--threads", type=positive_int, default=None,
+                        help="CPU threads (default: the available cores, at most 8)")
     parser.add_argument("-c", "--ctx-size", type=positive_int, default=None, help="context size in tokens (4096)")
     parser.add_argument("-ngl", "--gpu-layers", type=int, default=None,
                         help="target layers to offload to the GPU (0; 99 = all)")

@@ -59,13 +59,14 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated temperatures; each gets its own table against ar at that "
                              "temperature, with the same seeds (default 0: greedy)")
     parser.add_argument("--methods", default="ar,sd,pld,lookahead,ouroboros-cold,ouroboros",
-                        help="comma-separated methods (ar is always run first); NAME-cold clears the pool per prompt")
+                        help="comma-separated methods (ar is always run first); NAME-cold clears the pool per prompt "
+                             "(default: %(default)s)")
     parser.add_argument("--prompts", default=None,
                         help=f"a shipped set ({', '.join(PROMPT_SETS)}; default spec-bench; HumanEval is completed "
                              "as raw text) or a JSONL file (Spec-Bench format: first turn used) or plain text, "
                              "one prompt a line")
-    parser.add_argument("--limit", type=positive_int, default=13, help="number of prompts (round-robin over categories)")
-    parser.add_argument("-n", "--max-tokens", type=positive_int, default=128, help="tokens to generate per prompt")
+    parser.add_argument("--limit", type=positive_int, default=13, help="number of prompts, round-robin over categories (default: %(default)s)")
+    parser.add_argument("-n", "--max-tokens", type=positive_int, default=128, help="tokens to generate per prompt (default: %(default)s)")
     parser.add_argument("--repeat", type=positive_int, default=1,
                         help="runs of each (prompt, method), interleaved; medians and min-max are reported (default: 1)")
     parser.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")

@@ -118,3 +118,17 @@ def test_llama_cpp_flag_names_are_aliases(capsys):
     with pytest.raises(SystemExit) as exited:
         setup_arg_parser().parse_args(["--version"])
     assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"ouroboros-lite {__version__}"
+
+
+def test_help_shows_the_defaults_users_ask_about(capsys):
+    import pytest
+
+    from ouroboros_lite.cli import setup_arg_parser
+
+    for command, expected in (("generate", ["default: 128", "default: the available cores"]),
+                              ("bench", ["default: ar,sd,pld", "default: 13", "default: 128"])):
+        with pytest.raises(SystemExit):
+            setup_arg_parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for words in expected:
+            assert words in text, (command, words)

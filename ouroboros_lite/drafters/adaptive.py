@@ -9,10 +9,14 @@ Python, measured from one proposal to the next):
 - "plain": an empty tree, exactly one `ar` step;
 - "free": guesses that cost no draft forward (context copies, pool phrases, a window);
 - "draft": the inner drafter's full proposal, draft model included.
-A free or draft proposal is made while its arm is at least as fast as plain; a losing arm is
-retried after `probe_every` chances, then after twice as many each time it loses again (up to
-`max_probe_every`, so retries cost ~1 %), and plain every `probe_every` cycles, so each estimate
-stays current and speculation comes back when the text turns predictable. The choice never changes the
+A free or draft proposal is made while its arm is at least as fast as plain. A losing arm is retried
+on a time budget: once the wall time since its last retry is 1/`probe_overhead` times what one of its
+cycles loses against plain steps (its seconds minus the time plain steps take for its tokens), so
+retries cost about `probe_overhead` (2 %) of the time however badly the arm loses: a cheap loser is
+retried often, an expensive one (a 6-step tree on a CPU whose batches cost nearly a step per token)
+rarely. A retry's cycle replaces the arm's estimate instead of joining its running mean (what it
+measured before is stale), so one winning retry turns the arm back on. Plain is re-measured every `probe_every` cycles, so each estimate stays current and
+speculation comes back when the text turns predictable. The choice never changes the
 output: every tree is verified by the target, so the text is ar's (acceptance.py).
 """
 
@@ -33,8 +37,8 @@ class Arm:
     tokens: float = 0.0
     seconds: float = 0.0
     cycles: int = 0
-    chances_skipped: int = 0
-    retry_interval: int = 0  # chances skipped between two retries while the arm loses (grows)
+    chances_skipped: int = 0  # plain: cycles since it was last re-measured
+    since_retry: float = 0.0  # seconds of generation since this arm last ran
 
     def update(self, tokens: int, seconds: float) -> None:
         a = 1.0 if self.cycles == 0 else self.smoothing
@@ -59,18 +63,19 @@ def arm_of(tree: TokenTree) -> str:
 class AdaptiveDrafter:
     """Wraps a drafter (ouroboros, or its draft-free mode) and gates its proposals by measured speed."""
 
-    def __init__(self, inner, *, probe_every: int = 16, max_probe_every: int = 64, smoothing: float = 0.3,
+    def __init__(self, inner, *, probe_every: int = 16, probe_overhead: float = 0.02, smoothing: float = 0.3,
                  min_samples: int = 2):
         self.inner = inner
         self.name = inner.name
         self.runs_draft_model = inner.runs_draft_model
         self.pool = inner.pool
         self.probe_every = probe_every
-        self.max_probe_every = max_probe_every
+        self.probe_overhead = probe_overhead
         self.min_samples = min_samples
         self.arms = {name: Arm(smoothing) for name in ARMS}
         self.cycles_by_arm = dict.fromkeys(ARMS, 0)  # this generation's choices (for statistics)
         self._pending: tuple[str, float] | None = None  # arm and start time of the cycle in flight
+        self._retrying: str | None = None  # the losing arm this cycle retries
         self._tokens = 0
         self._inner_proposed = False
 
@@ -85,7 +90,7 @@ class AdaptiveDrafter:
     def begin(self, prompt: list[int], sampler=None) -> None:
         self.inner.begin(prompt, sampler)
         self.cycles_by_arm = dict.fromkeys(ARMS, 0)
-        self._pending = None  # the prefill before the first cycle is nobody's cost
+        self._pending = self._retrying = None  # the prefill before the first cycle is nobody's cost
 
     def close(self) -> None:
         self.inner.close()
@@ -127,8 +132,15 @@ class AdaptiveDrafter:
     def _finish_cycle(self, now: float) -> None:
         if self._pending is not None:
             arm, start = self._pending
-            self.arms[arm].update(self._tokens, now - start)
-        self._pending = None
+            measured = self.arms[arm]
+            if arm == self._retrying:
+                measured.cycles = 0  # the estimate becomes this cycle's: the old one is stale
+            measured.update(self._tokens, now - start)
+            if arm == self._retrying:
+                measured.cycles = max(measured.cycles, self.min_samples)  # one retry is one cycle
+            for other in self.arms.values():
+                other.since_retry += now - start
+        self._pending = self._retrying = None
 
     def _plain_is_due(self) -> bool:
         """Keep the plain step's estimate fresh (and measured at all) while speculation wins."""
@@ -145,11 +157,11 @@ class AdaptiveDrafter:
         """Whether to spend this cycle on arm `name`: unmeasured, as fast as plain, or due a retry."""
         arm, plain = self.arms[name], self.arms["plain"]
         if arm.cycles < self.min_samples or plain.cycles < self.min_samples or arm.rate >= plain.rate:
-            arm.chances_skipped, arm.retry_interval = 0, self.probe_every
+            arm.since_retry = 0.0
             return True
-        arm.chances_skipped += 1
-        if arm.chances_skipped >= arm.retry_interval:  # a retry; each one that loses waits twice as long
-            arm.chances_skipped = 0
-            arm.retry_interval = min(2 * arm.retry_interval, self.max_probe_every)
+        loss = max(arm.seconds - arm.tokens / plain.rate, 0.0)  # what one more cycle of it should cost
+        if arm.since_retry * self.probe_overhead >= loss:  # a retry, within the overhead budget
+            arm.since_retry = 0.0
+            self._retrying = name
             return True
         return False
