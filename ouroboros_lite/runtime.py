@@ -119,6 +119,7 @@ class Models:
         # and drops the KeyboardInterrupt; deferred_interrupt raises it once loading returns.
         self.target = self.draft = None
         self._pools: dict[str, PhrasePool] = {}
+        self._gates: dict[str, dict] = {}
         try:
             with deferred_interrupt():
                 self._load(target, draft, _capped_threads(options))
@@ -141,6 +142,12 @@ class Models:
         if key not in self._pools:
             self._pools[key] = PhrasePool(phrase_length=self.options.ngram - 1, capacity=self.options.pool_capacity)
         return self._pools[key]
+
+    def gate(self, key: str) -> dict:
+        """The speed gate's estimates of one method (drafters/adaptive.py), shared by the pair's
+        sessions: how fast drafting is belongs to the pair and the machine, so a server's new slot
+        starts from what the others measured instead of probing again."""
+        return self._gates.setdefault(key, {})
 
     def model_id(self) -> bytes:
         return pair_id(self.target.path, self.draft.path if self.draft else None)
@@ -227,7 +234,7 @@ class Session:
             entry = drafters.method(method)
             if entry.needs_draft and self.draft is None:
                 raise OuroborosError(f"--method {entry.name} needs a draft model (--draft NAME|PATH)")
-            self._drafters[method] = entry.build(self, self.models.pool(method))
+            self._drafters[method] = entry.build(self, self.models.pool(method), self.models.gate(method))
         return self._drafters[method]
 
     @property

@@ -111,3 +111,34 @@ def test_no_budget_is_a_plain_step(budget, monkeypatch):
     gate = AdaptiveDrafter(FakeDrafter())
     gate.begin([1])
     assert len(gate.propose([1], budget)) == 0
+
+
+def test_gates_of_one_pair_share_what_they_measured(monkeypatch):
+    shared = {}
+    first = AdaptiveDrafter(FakeDrafter(), arms=shared)
+    run(first, 100, lambda arm: (3.0, 1) if arm == "draft" else (1.0, 1), monkeypatch)
+    second = AdaptiveDrafter(FakeDrafter(), arms=shared)  # a server's next slot
+    fresh = AdaptiveDrafter(FakeDrafter())
+    cost = lambda arm: (3.0, 1) if arm == "draft" else (1.0, 1)  # noqa: E731
+    assert run(fresh, 20, cost, monkeypatch).count("draft") >= 2  # a gate on its own measures first
+    assert run(second, 20, cost, monkeypatch).count("draft") <= 1  # at most a due retry
+
+
+def test_time_between_cycles_is_not_charged_to_them(monkeypatch):
+    # A scheduler runs other conversations between two cycles of this one: 5 s of their work after
+    # every cycle. Charged to the cycles, a draft (2 tokens in 5 s of its own) would look faster
+    # (2 in 10 s) than a plain step (1 in 6 s), though per second of its own work it is slower.
+    clock = [0.0]
+    monkeypatch.setattr(adaptive.time, "perf_counter", lambda: clock[0])
+    gate = AdaptiveDrafter(FakeDrafter())
+    gate.begin([1])
+    chosen = []
+    for _ in range(200):
+        tree = gate.propose([1], 8)
+        arm = adaptive.arm_of(tree)
+        seconds, tokens = (5.0, 2) if arm == "draft" else (1.0, 1)  # 2 tokens in 5 s: drafting loses
+        clock[0] += seconds
+        gate.observe(SimpleNamespace(tokens=(0,) * tokens))
+        clock[0] += 5.0  # the other conversations' turn
+        chosen.append(arm)
+    assert chosen[50:].count("draft") < 10

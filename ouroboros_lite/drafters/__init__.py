@@ -25,22 +25,23 @@ class Method:
     summary: str
     needs_draft: bool  # refuses to run without a draft model
     sampled_like_ar: bool  # at temperature > 0 its text equals ar's for the same seed (coupled draws)
-    build: Callable[[Session, PhrasePool], Drafter]  # (session, the pair's pool for it) -> a drafter
+    # (session, the pair's pool for it, the pair's shared speed-gate estimates for it or None) -> a drafter
+    build: Callable[[Session, PhrasePool, dict | None], Drafter]
 
 
-def _ar(session, pool):
+def _ar(session, pool, gate=None):
     from .base import NoDraft
 
     return NoDraft()
 
 
-def _pld(session, pool):
+def _pld(session, pool, gate=None):
     from .pld import PromptLookupDrafter
 
     return PromptLookupDrafter(draft_length=session.options.max_draft)
 
 
-def _lookahead(session, pool):
+def _lookahead(session, pool, gate=None):
     from .lookahead import LookaheadDrafter
 
     options = session.options
@@ -48,13 +49,13 @@ def _lookahead(session, pool):
                             max_nodes=options.ouroboros.max_target_nodes, max_paths=session.verifier.max_paths)
 
 
-def _sd(session, pool):
+def _sd(session, pool, gate=None):
     from .draft_model import DraftModelDrafter
 
     return DraftModelDrafter(session.draft, n_ctx=session.context.n_ctx, options=session.options)
 
 
-def _ouroboros(session, pool):
+def _ouroboros(session, pool, gate=None):
     from .adaptive import AdaptiveDrafter
     from .ouroboros import OuroborosDrafter
 
@@ -65,7 +66,7 @@ def _ouroboros(session, pool):
         drafter = OuroborosDrafter(session.draft, pool, n_ctx=session.context.n_ctx, threads=options.threads,
                                    params=options.ouroboros, flash_attn=options.flash_attn,
                                    kv_type=options.kv_type, max_paths=session.verifier.max_paths)
-    return AdaptiveDrafter(drafter) if options.adaptive else drafter
+    return AdaptiveDrafter(drafter, arms=gate) if options.adaptive else drafter
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (

@@ -4,8 +4,9 @@ whether to run the draft model, to send only free guesses, or to take a plain ta
 On a GPU a tree costs about one token and speculation always pays; on a 2-core CPU a batch of 8
 costs ~2.8 target tokens and a draft token ~0.45 of one (the Qwen pair, ../shared/docs/testbeds.md),
 so a draft pays only where the text is predictable, and a wrong guess is a loss. The wrapper keeps
-three arms, each a running estimate of emitted tokens per second of wall time (draft, verify and
-Python, measured from one proposal to the next):
+three arms, each a running estimate of emitted tokens per second of the cycle's own time (drafting,
+verifying and Python, from its proposal to the end of its verification), shared by the sessions of
+one model pair (`Models.gate`):
 - "plain": an empty tree, exactly one `ar` step;
 - "free": guesses that cost no draft forward (context copies, pool phrases, a window);
 - "draft": the inner drafter's full proposal, draft model included.
@@ -64,7 +65,8 @@ class AdaptiveDrafter:
     """Wraps a drafter (ouroboros, or its draft-free mode) and gates its proposals by measured speed."""
 
     def __init__(self, inner, *, probe_every: int = 16, probe_overhead: float = 0.02, smoothing: float = 0.3,
-                 min_samples: int = 2):
+                 min_samples: int = 2, arms: dict | None = None):
+        """arms: estimates shared with other gates of the same model pair (filled here if empty)."""
         self.inner = inner
         self.name = inner.name
         self.runs_draft_model = inner.runs_draft_model
@@ -72,11 +74,12 @@ class AdaptiveDrafter:
         self.probe_every = probe_every
         self.probe_overhead = probe_overhead
         self.min_samples = min_samples
-        self.arms = {name: Arm(smoothing) for name in ARMS}
+        self.arms = {} if arms is None else arms
+        for name in ARMS:
+            self.arms.setdefault(name, Arm(smoothing))
         self.cycles_by_arm = dict.fromkeys(ARMS, 0)  # this generation's choices (for statistics)
         self._pending: tuple[str, float] | None = None  # arm and start time of the cycle in flight
         self._retrying: str | None = None  # the losing arm this cycle retries
-        self._tokens = 0
         self._inner_proposed = False
 
     @property
@@ -105,7 +108,7 @@ class AdaptiveDrafter:
     # --- one cycle ----------------------------------------------------------------------------------
     def propose(self, history: list[int], budget: int) -> TokenTree:
         now = time.perf_counter()
-        self._finish_cycle(now)
+        self._pending = self._retrying = None  # a cycle that was never observed counts for nothing
         tree = TokenTree()
         self._inner_proposed = False
         if budget > 0 and not self._plain_is_due():
@@ -124,18 +127,20 @@ class AdaptiveDrafter:
         return tree
 
     def observe(self, outcome: Outcome) -> None:
-        self._tokens = len(outcome.tokens)
         if self._inner_proposed:
             self.inner.observe(outcome)
+        self._finish_cycle(len(outcome.tokens), time.perf_counter())
 
     # --- the choice ---------------------------------------------------------------------------------
-    def _finish_cycle(self, now: float) -> None:
+    def _finish_cycle(self, tokens: int, now: float) -> None:
+        """Count this cycle's own time, from its proposal to the end of its verification: not the time
+        between two proposals, which a server's scheduler fills with other conversations' cycles."""
         if self._pending is not None:
             arm, start = self._pending
             measured = self.arms[arm]
             if arm == self._retrying:
                 measured.cycles = 0  # the estimate becomes this cycle's: the old one is stale
-            measured.update(self._tokens, now - start)
+            measured.update(tokens, now - start)
             if arm == self._retrying:
                 measured.cycles = max(measured.cycles, self.min_samples)  # one retry is one cycle
             for other in self.arms.values():
