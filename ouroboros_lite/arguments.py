@@ -10,11 +10,15 @@ import math
 from .errors import OuroborosError
 
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _whole_number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
     return value
@@ -22,10 +26,7 @@ def positive_int(text: str) -> int:
 
 def token_budget(text: str) -> int:
     """-n: a positive number of tokens, or -1 (llama.cpp's "until the end of generation or the context")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole_number(text)
     if value <= 0 and value != -1:
         raise argparse.ArgumentTypeError(f"must be a positive number or -1 (until the end), got {value}")
     return value

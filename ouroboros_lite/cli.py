@@ -122,8 +122,8 @@ def cmd_generate(args) -> int:
             runtime.load_pool()
         last = None
         for response in runtime.generate(tokens, max_tokens=max_tokens, sampling=sampling):
-            text, stopped = stops.push(response.text)
-            sys.stdout.write(text if stopped or response.finish_reason is None else text + stops.flush())
+            text, stopped = stops.push(response.text, last=response.finish_reason is not None)
+            sys.stdout.write(text)
             sys.stdout.flush()
             last = response
             if stopped:

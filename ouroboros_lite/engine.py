@@ -279,9 +279,7 @@ class Engine:
                 last = response
                 if response.token >= 0:
                     sources.append(response.source)
-                piece, stopped = stops.push(response.text)
-                if response.finish_reason is not None and not stopped:
-                    piece += stops.flush()
+                piece, stopped = stops.push(response.text, last=response.finish_reason is not None)
                 text.append(piece)
                 self.last = _completion(response, "".join(text), sources)
                 if stopped:

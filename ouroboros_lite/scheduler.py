@@ -82,9 +82,8 @@ def shared_prefix(a, b) -> int:
 
 
 def cached_tokens(slot: Engine) -> list[int]:
-    """The tokens the slot's KV cache holds (sequence 0 of its verifier)."""
-    runtime = getattr(slot, "runtime", None)
-    return getattr(getattr(runtime, "verifier", None), "cached", None) or []
+    """The tokens the slot's KV cache holds (sequence 0 of its verifier; slots stay open while scheduled)."""
+    return slot.runtime.verifier.cached
 
 
 class Scheduler:

@@ -2,8 +2,8 @@
 stop string's beginning that later turns out to be a stop.
 
     stops = StopStrings(["\\n\\n", "User:"])
-    piece, stopped = stops.push(text)  # piece: what may be shown now; the rest is held back
-    piece += stops.flush()             # at the end of the generation: what was held back
+    piece, stopped = stops.push(text)             # piece: what may be shown now; the rest is held back
+    piece, stopped = stops.push(text, last=True)  # the generation's last text: nothing is held back
 
 Held back is the longest end of the text that is the beginning of some stop string, so any stop
 that starts in text already shown would have been found: every position where one could start
@@ -35,16 +35,17 @@ class StopStrings:
         self.stops = stop_list(stop)
         self.held = ""
 
-    def push(self, text: str) -> tuple[str, bool]:
+    def push(self, text: str, *, last: bool = False) -> tuple[str, bool]:
         """(what may be shown now, whether a stop string was reached). After a stop, the text from
-        the stop string on is dropped, and the generation should end."""
+        the stop string on is dropped, and the generation should end. last: the generation ends
+        with this text, so what was held back is shown too."""
         if not self.stops:
             return text, False
         text, self.held = self.held + text, ""
         found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if found:
             return text[:min(found)], True
-        keep = self._longest_stop_prefix_at_end(text)
+        keep = 0 if last else self._longest_stop_prefix_at_end(text)
         self.held = text[len(text) - keep:] if keep else ""
         return text[:len(text) - keep], False
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .catalog import cache_dir
-from .costs import CostProfile, curve_problem, measure_points
+from .costs import CostProfile, CurvePoint, curve_problem, measure_points
 from .errors import OuroborosError
 from .drafters.ouroboros import OuroborosParams
 
@@ -116,8 +116,8 @@ def reset_tuning(target: Path, draft: Path | None) -> int:
     return 0
 
 
-def checked_curve(name: str, verifier, prefix: list[int], repeats: int) -> dict[int, float]:
-    """The medians of interleaved repeats; an error (nothing saved) where the curve is too noisy."""
+def checked_curve(name: str, verifier, prefix: list[int], repeats: int) -> dict[int, CurvePoint]:
+    """Interleaved repeats per batch size; an error (nothing saved) where the curve is too noisy."""
     print(f"measuring the {name} ({repeats} interleaved repeats per batch size) ...", file=sys.stderr)
     points = measure_points(verifier, prefix, repeats=repeats)
     problem = curve_problem(points)
@@ -125,9 +125,7 @@ def checked_curve(name: str, verifier, prefix: list[int], repeats: int) -> dict[
         raise OuroborosError(f"the {name}'s cost curve is not trustworthy, nothing saved: {problem}. "
                              "The machine is probably busy: check `uptime`, then re-run tune when it is quiet "
                              "(or with --repeats 15)")
-    for k, point in sorted(points.items()):
-        print(f"  {k:3d} tokens: {point.median * 1e3:8.2f} ms  (spread {point.spread:.0%})", file=sys.stderr)
-    return {k: point.median for k, point in points.items()}
+    return points
 
 
 def cmd_tune(args, options) -> int:
@@ -137,34 +135,36 @@ def cmd_tune(args, options) -> int:
     from .runtime import Runtime
     from .verify import TreeVerifier
 
-    if getattr(args, "reset", False):
+    if args.reset:
         return reset_tuning(resolve_model(args.model), resolve_model(args.draft) if args.draft else None)
-    repeats = getattr(args, "repeats", 7)
+    repeats = args.repeats
     with Runtime(args.model, args.draft, method="ar", options=options) as runtime:
         prefix = runtime.tokenize_prompt(MEASURE_PROMPT, chat=True)
-        target_curve = checked_curve("target", runtime.verifier, prefix, repeats)
-        draft_curve = {}
+        target_points = checked_curve("target", runtime.verifier, prefix, repeats)
+        draft_points = {}
         if runtime.draft is not None:
             context = Context(runtime.draft, n_ctx=1024, n_batch=64, n_seq_max=1, threads=options.threads)
             verifier = TreeVerifier(context, max_nodes=40, max_paths=1)
             try:
-                draft_curve = checked_curve("draft", verifier, prefix, repeats)
+                draft_points = checked_curve("draft", verifier, prefix, repeats)
             finally:
                 verifier.close()
                 context.close()
         source = f"tune on this machine ({options.threads} threads): {runtime.target.path.name}" + (
             f" + {runtime.draft.path.name}" if runtime.draft else "")
+        target_curve = {k: point.median for k, point in target_points.items()}
+        draft_curve = {k: point.median for k, point in draft_points.items()}
         profile = CostProfile(source=source, target=target_curve, draft=draft_curve)
         params = choose_params(profile, options.ngram, target_cap=batch_cap(runtime.target, options.gpu_layers),
                                draft_cap=batch_cap(runtime.draft, options.draft_gpu_layers) if runtime.draft else None)
         path = tuning_path(runtime.target.path, runtime.draft.path if runtime.draft else None)
     profile.save(path.with_suffix(".profile.json"))
     path.write_text(json.dumps({"params": asdict(params), "profile": str(path.with_suffix(".profile.json"))}, indent=2))
-    print(f"{'batch':>5s} {'target ms':>10s} {'x one':>6s} {'draft ms':>9s} {'x one':>6s}")
+    print(f"{'batch':>5s} {'target ms':>10s} {'x one':>6s} {'spread':>6s} {'draft ms':>9s} {'x one':>6s} {'spread':>6s}")
     for k in sorted(target_curve):
-        row = f"{k:5d} {target_curve[k] * 1e3:10.2f} {target_curve[k] / target_curve[1]:6.2f}"
+        row = f"{k:5d} {target_curve[k] * 1e3:10.2f} {target_curve[k] / target_curve[1]:6.2f} {target_points[k].spread:6.0%}"
         if k in draft_curve:
-            row += f" {draft_curve[k] * 1e3:9.2f} {draft_curve[k] / draft_curve[1]:6.2f}"
+            row += f" {draft_curve[k] * 1e3:9.2f} {draft_curve[k] / draft_curve[1]:6.2f} {draft_points[k].spread:6.0%}"
         print(row)
     print(f"chosen: {params}")
     print(f"saved: {path} (cost profile for bench --project: {path.with_suffix('.profile.json')})")
