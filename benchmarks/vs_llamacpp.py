@@ -6,7 +6,7 @@
 (defaults: the test pair, 6 Spec-Bench prompts, 128 tokens.) The first run builds llama.cpp's
 `llama-completion`, `llama-speculative-simple` and `llama-lookup` once, from the llama.cpp tree
 vendored in the pinned llama-cpp-python sdist (the same llama.cpp our native module runs), into the
-cache: `<cache>/llama.cpp-tools/<version>/` (a stamp file marks a finished build; `--build-only`
+cache: `<cache>/llama.cpp-tools/<version>/` (ouroboros_lite/llamacpp_tools.py; `--build-only`
 stops there). Then, prompt by prompt, interleaved so that drift hits everyone alike:
 
 - llama.cpp: plain decoding (llama-completion), speculative-simple with --spec-draft-n-max 3 and 8,
@@ -41,87 +41,15 @@ import argparse
 import os
 import re
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
-import time
 from pathlib import Path
 
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+from ouroboros_lite.llamacpp_tools import BuildError, build
+
 TOOLS = ("llama-completion", "llama-speculative-simple", "llama-lookup")
-CMAKE_CONFIGURE = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_EXAMPLES=ON",
-                   "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-                   "-DLLAMA_OPENSSL=OFF")
-
-
-class BuildError(Exception):
-    pass
-
-
-def tools_dir() -> Path:
-    from ouroboros_lite.catalog import cache_dir
-
-    return cache_dir() / "llama.cpp-tools" / LLAMA_CPP_PYTHON_VERSION
-
-
-def _run_logged(command: list[str], log: Path, what: str, cwd: Path | None = None) -> None:
-    with log.open("a") as out:
-        out.write(f"\n$ {' '.join(command)}\n")
-        out.flush()
-        done = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        raise BuildError(f"{what} failed (exit {done.returncode}; log {log}): {tail[0][:200] if tail else ''}")
-
-
-def build_tools(jobs: int = 2) -> dict[str, Path]:
-    """The three llama.cpp binaries, built once into the cache; BuildError (one line) when that fails."""
-    home = tools_dir()
-    stamp = home / "BUILT"
-    binaries = {name: home / "build" / "bin" / name for name in TOOLS}
-    if stamp.is_file() and all(path.is_file() for path in binaries.values()):
-        return binaries
-    home.mkdir(parents=True, exist_ok=True)
-    log = home / "build.log"
-    log.write_text("")
-    source = home / "llama.cpp"
-    started = time.perf_counter()
-    if not (source / "CMakeLists.txt").is_file():
-        print(f"fetching the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist ...", file=sys.stderr)
-        with tempfile.TemporaryDirectory(dir=home) as work:
-            _run_logged([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
-                         "-d", work, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"], log, "pip download")
-            archives = list(Path(work).glob("llama_cpp_python-*.tar.gz"))
-            if not archives:
-                raise BuildError(f"pip download gave no sdist in {work} (log {log})")
-            prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/"
-            with tarfile.open(archives[0]) as archive:
-                members = [m for m in archive.getmembers() if m.name.startswith(prefix)]
-                if not members:
-                    raise BuildError(f"{archives[0].name} holds no vendor/llama.cpp")
-                for member in members:
-                    member.name = member.name[len(prefix):]
-                archive.extractall(Path(work) / "llama.cpp", members=[m for m in members if m.name],
-                                   filter="data")
-            shutil.rmtree(source, ignore_errors=True)
-            shutil.move(Path(work) / "llama.cpp", source)
-    print(f"building {', '.join(TOOLS)} in {home} (log {log}) ...", file=sys.stderr)
-    cmake = shutil.which("cmake")
-    if cmake is None:
-        raise BuildError("cmake is not installed (pip install cmake)")
-    _run_logged([cmake, "-S", str(source), "-B", str(home / "build"), *CMAKE_CONFIGURE], log, "cmake configure")
-    _run_logged([cmake, "--build", str(home / "build"), f"-j{jobs}", "--target", *TOOLS], log, "cmake build")
-    missing = [name for name, path in binaries.items() if not path.is_file()]
-    if missing:
-        raise BuildError(f"the build finished without {', '.join(missing)} (log {log})")
-    minutes = (time.perf_counter() - started) / 60
-    stamp.write_text(f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}, built in {minutes:.1f} min\n")
-    print(f"built in {minutes:.1f} min", file=sys.stderr)
-    return binaries
-
 
 # --- llama.cpp's side -----------------------------------------------------------------------------
 
@@ -250,7 +178,7 @@ def main() -> None:
     if args.omp_wait_policy:  # before anything loads libgomp (importing ouroboros_lite loads llama.cpp)
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
 
-    binaries = build_tools(args.jobs)
+    binaries = build(TOOLS, args.jobs)
     if args.build_only:
         for name, path in binaries.items():
             print(f"{name}: {path}")

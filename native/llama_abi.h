@@ -56,4 +56,8 @@ void      llama_memory_seq_keep(llama_memory_t mem, llama_seq_id seq_id);
 llama_pos llama_memory_seq_pos_min(llama_memory_t mem, llama_seq_id seq_id);  /* -1: empty */
 llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq_id);
 
+/* Checked by the CPU backend between graph nodes; true makes llama_decode return 2 (aborted). */
+typedef bool (*ggml_abort_callback)(void * data);
+void llama_set_abort_callback(struct llama_context * ctx, ggml_abort_callback abort_callback, void * data);
+
 #endif

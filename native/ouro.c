@@ -43,6 +43,14 @@ void ouro_abi_batch_layout(int64_t out[8]) {
 
 int32_t ouro_abi_version(void) { return OURO_ABI_VERSION; }
 
+static bool abort_if_flag_set(void * data) { return *(volatile int32_t *) data != 0; }
+
+void ouro_set_abort_flag(struct llama_context * ctx, volatile int32_t * flag) {
+    if (ctx != NULL) {
+        llama_set_abort_callback(ctx, flag != NULL ? abort_if_flag_set : NULL, (void *) flag);
+    }
+}
+
 int32_t ouro_n_vocab(const struct llama_context * ctx) {
     if (ctx == NULL) {
         return OURO_ERR_ARGUMENT;

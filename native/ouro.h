@@ -30,7 +30,7 @@
 extern "C" {
 #endif
 
-#define OURO_ABI_VERSION 2
+#define OURO_ABI_VERSION 3
 
 /* Return codes. Every error is reported before llama_decode runs, except OURO_ERR_DECODE and
  * OURO_ERR_NO_LOGITS, and every error leaves the context as it was before the call (sequence 0
@@ -54,6 +54,10 @@ typedef struct ouro_tree ouro_tree;
 /* ABI self-description for tests: [sizeof(llama_batch), offsetof each of its 7 fields]. */
 void    ouro_abi_batch_layout(int64_t out[8]);
 int32_t ouro_abi_version(void);
+
+/* llama_decode on ctx returns 2 (aborted) as soon as *flag is non-zero (checked between graph
+ * nodes, without Python's lock); flag NULL removes the check. The flag must outlive its use. */
+void ouro_set_abort_flag(struct llama_context * ctx, volatile int32_t * flag);
 
 /* n_vocab of the context's model, read through llama.h (OURO_ERR_ARGUMENT for NULL). */
 int32_t ouro_n_vocab(const struct llama_context * ctx);

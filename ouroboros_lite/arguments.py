@@ -76,6 +76,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                              "is active, where batched decoding crashes)")
     parser.add_argument("-nr", "--no-repack", dest="repack", action="store_const", const="off",
                         help="load weights as stored (llama.cpp's --no-repack)")
+    parser.add_argument("--rpc", default=None, metavar="HOST:PORT[,...]",
+                        help="run the target's layers on these ggml-rpc-server processes (llama.cpp's --rpc; "
+                             "unauthenticated: loopback or a trusted network only)")
+    parser.add_argument("--draft-rpc", default=None, metavar="HOST:PORT[,...]",
+                        help="run the draft on these ggml-rpc-server processes (default: here)")
     hyper = parser.add_argument_group("speculation hyper-parameters (default: `ouroboros-lite tune` result, else built-in)")
     hyper.add_argument("--ngram", type=positive_int, default=None, help="N: pool phrases hold N-1 tokens (default 5)")
     hyper.add_argument("--window", type=int, default=None, help="W: Jacobi window columns on the draft (on the target without one)")
@@ -97,7 +102,11 @@ def add_sampling_args(parser: argparse.ArgumentParser, *, temperature_help: str)
     group.add_argument("--min-p", type=finite_float, default=None,
                        help="drop tokens under min-p x the best (0.05; 0 = off)")
     group.add_argument("--repeat-penalty", type=finite_float, default=None, help="penalise recent tokens (1.0 = off)")
-    group.add_argument("--repeat-last-n", type=int, default=None, help="tokens the penalty looks back over (64)")
+    group.add_argument("--presence-penalty", type=finite_float, default=None,
+                       help="subtract this from the logit of every token seen (0.0 = off)")
+    group.add_argument("--frequency-penalty", type=finite_float, default=None,
+                       help="subtract this times its count from a seen token's logit (0.0 = off)")
+    group.add_argument("--repeat-last-n", type=int, default=None, help="tokens the penalties look back over (64)")
     group.add_argument("-s", "--seed", type=int, default=None, help="random seed (-1 = random)")
 
 
@@ -106,7 +115,8 @@ def sampling_params(args, *, default_temperature: float):
 
     temperature = default_temperature if args.temperature is None else args.temperature
     return SamplingParams(temperature=temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n, seed=args.seed)
+                          repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n, seed=args.seed,
+                          presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
 
 
 def runtime_options(args):
@@ -119,6 +129,7 @@ def runtime_options(args):
 
     kwargs = dict(n_ctx=args.ctx_size, gpu_layers=args.gpu_layers, draft_gpu_layers=args.draft_gpu_layers,
                   repack=getattr(args, "repack", None) or "auto",
+                  rpc=getattr(args, "rpc", None) or None, draft_rpc=getattr(args, "draft_rpc", None) or None,
                   flash_attn={"on": True, "off": False}.get(getattr(args, "flash_attn", None)))
     batch = getattr(args, "batch_size", None)
     if batch is not None:

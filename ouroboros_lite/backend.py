@@ -19,7 +19,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from . import gguf_meta
+from . import gguf_meta, rpc
 from .errors import ModelFileError, OuroborosError
 
 GGUF_MAGIC = b"GGUF"
@@ -149,7 +149,8 @@ def gpu_backend() -> str | None:
     for name in ("CUDA", "Metal", "Vulkan", "ROCm", "HIP", "SYCL"):
         if name in info:
             return name.lower()
-    return "gpu"
+    # llama_supports_gpu_offload is also true for a build with RPC and no GPU of its own
+    return "gpu" if rpc.local_gpu_devices() else None
 
 
 def check_gguf_file(path: str | os.PathLike) -> Path:
@@ -178,15 +179,22 @@ class ChatMessage:
 class Model:
     """A GGUF model loaded by llama.cpp, with its tokenizer and chat template."""
 
-    def __init__(self, path: str | os.PathLike, *, gpu_layers: int = 0, repack: str = "auto"):
+    def __init__(self, path: str | os.PathLike, *, gpu_layers: int = 0, repack: str = "auto",
+                 rpc_servers: tuple[str, ...] = ()):
+        """rpc_servers: ggml-rpc-server endpoints ("host:port") that hold the model's layers (all of
+        them unless gpu_layers says how many), split by their free memory as llama.cpp splits them."""
         self.path = check_gguf_file(path)
         _ensure_backend()
-        if gpu_layers != 0 and gpu_backend() is None:
+        if gpu_layers != 0 and not rpc_servers and gpu_backend() is None:
             warnings.warn("this llama-cpp-python build has no GPU backend, so --gpu-layers is ignored and "
                           "the model runs on the CPU (see the README's GPU section)", GpuUnavailableWarning,
                           stacklevel=2)
         params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = gpu_layers
+        self._devices = rpc.device_list(tuple(rpc_servers))  # None: llama.cpp's default
+        if self._devices is not None:
+            params.devices = ctypes.cast(self._devices, ctypes.c_void_p).value
+        params.n_gpu_layers = 999 if rpc_servers and gpu_layers == 0 else gpu_layers
+        self.rpc_servers = tuple(rpc_servers)
         info = system_info()
         params.use_extra_bufts = use_extra_buffers(info, repack)
         _report_repack_choice(info, repack)

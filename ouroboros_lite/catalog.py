@@ -236,9 +236,28 @@ def _progress_bar(total: int, initial: int):
                 file=sys.stderr, disable=None, dynamic_ncols=True)
 
 
+def hub_reachable(timeout: float = 5.0) -> None:
+    """CatalogError (one line) unless the Hub's host ($HF_ENDPOINT, else huggingface.co) takes a TCP
+    connection: offline, huggingface-hub would retry for half a minute, printing each retry."""
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname or endpoint, parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise CatalogError(f"the Hugging Face Hub ({host}) is unreachable: {reason}; connect to the network "
+                           f"(or set HF_ENDPOINT to a mirror) and retry; the PyPI-hosted models still install") from None
+
+
 def _fetch_hf(entry: Entry, work: Path) -> Path:
     from huggingface_hub import hf_hub_download
 
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true", "yes"):
+        hub_reachable()
     _say(f"fetching {entry.name} from the Hugging Face Hub: {entry.repo}/{entry.file}@{entry.revision}")
     try:
         local = hf_hub_download(entry.repo, entry.file, revision=entry.revision, local_dir=work)

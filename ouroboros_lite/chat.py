@@ -27,13 +27,23 @@ HELP = """commands:
   /stats         speed and acceptance of the last reply
   /save FILE     write the conversation to FILE as JSON (not over an existing file)
   /save! FILE    the same, replacing FILE if it exists
+  /load FILE     continue a conversation saved with /save
   /system TEXT   set the system prompt (empty TEXT removes it)
+  /set NAME VALUE  change a setting for the next replies: temp, top-k, top-p, min-p, seed,
+                 repeat-penalty, presence-penalty, frequency-penalty, n (longest reply); /set alone lists them
   /exit          leave (so do Ctrl-D and Ctrl-C at the prompt)
   \"\"\"            begin a message of several lines (pasted text); a line ending in \"\"\" ends it
 Ctrl-C during a reply stops it."""
 
 COLOURS = {"draft": "\033[32m", "pool": "\033[34m", "window": "\033[34m"}  # green, blue; target plain
 RESET = "\033[0m"
+LEGEND = (f"[colours: {COLOURS['draft']}draft model{RESET}, {COLOURS['pool']}phrase pool or Jacobi window{RESET}, "
+          "plain: the target's own token]")
+# /set NAME -> the SamplingParams field it changes ("n" is the chat's own longest reply)
+SETTABLE = {"temp": "temperature", "temperature": "temperature", "top-k": "top_k", "top-p": "top_p",
+            "min-p": "min_p", "seed": "seed", "repeat-penalty": "repeat_penalty",
+            "presence-penalty": "presence_penalty", "frequency-penalty": "frequency_penalty", "n": "n",
+            "max-tokens": "n"}
 
 
 class ChatSession:
@@ -49,6 +59,7 @@ class ChatSession:
         self.out = out
         self.last: Completion | None = None
         self.typed_ahead: list[str] = []  # lines typed during a reply: the next inputs
+        self.legend_shown = False
         self.ended = False  # Ctrl-D came during a reply: leave once it is done
 
     # --- input ----------------------------------------------------------------------------------------
@@ -112,6 +123,13 @@ class ChatSession:
                 self.say("usage: /save FILE (/save! FILE replaces an existing file)")
             else:
                 self.save(Path(arg).expanduser(), replace=name == "/save!")
+        elif name == "/load":
+            if not arg:
+                self.say("usage: /load FILE (a conversation written by /save)")
+            else:
+                self.load(Path(arg).expanduser())
+        elif name == "/set":
+            self.set(arg)
         elif name == "/system":
             self.messages = [m for m in self.messages if m.role != "system"]
             if arg:
@@ -138,6 +156,57 @@ class ChatSession:
             self.say(f"[could not save to {path}: {exc.strerror or exc}]")
             return
         self.say(f"[saved {len(self.messages)} messages to {path}]")
+
+    def load(self, path: Path) -> None:
+        """Replace the conversation with one /save wrote; the next reply decodes it (prefix reuse)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            messages = [ChatMessage(m["role"], m["content"]) for m in data["messages"]]
+            if not all(isinstance(m.role, str) and m.role in ("system", "user", "assistant")
+                       and isinstance(m.content, str) for m in messages):
+                raise ValueError("a message needs a role (system, user, assistant) and text")
+        except OSError as exc:
+            self.say(f"[could not read {path}: {exc.strerror or exc}]")
+            return
+        except (ValueError, KeyError, TypeError) as exc:
+            self.say(f"[{path} is not a conversation saved by /save: {exc}]")
+            return
+        self.messages = messages
+        self.engine.reset()
+        model = data.get("model") if isinstance(data, dict) else None
+        note = f"; it was saved with {Path(model).name}" if model and Path(model).name != \
+            self.engine.runtime.target.path.name else ""
+        self.say(f"[loaded {len(messages)} messages from {path}{note}]")
+
+    def set(self, arg: str) -> None:
+        from dataclasses import replace
+
+        name, _, value = arg.partition(" ")
+        if not name:
+            values = {"n": self.max_tokens, **{k: getattr(self.engine.sampling, f) for k, f in SETTABLE.items()
+                                               if f != "n" and k not in ("temperature", "max-tokens")}}
+            self.say("  ".join(f"{k} {v}" for k, v in values.items()))
+            return
+        field = SETTABLE.get(name)
+        if field is None or not value.strip():
+            self.say(f"usage: /set NAME VALUE, NAME one of {', '.join(k for k in SETTABLE if k != 'temperature')}")
+            return
+        try:
+            number = float(value) if field in ("temperature", "top_p", "min_p", "repeat_penalty",
+                                                "presence_penalty", "frequency_penalty") else int(value)
+            if field == "n":
+                if number <= 0:
+                    raise OuroborosError(f"n must be a positive number of tokens, got {number}")
+                self.max_tokens = number
+            else:
+                self.engine.sampling = replace(self.engine.sampling, **{field: number})
+        except ValueError:
+            self.say(f"[{name} takes a number, got {value.strip()!r}]")
+            return
+        except OuroborosError as exc:
+            self.say(f"[{exc}]")
+            return
+        self.say(f"[{name} = {number}]")
 
     # --- one turn -----------------------------------------------------------------------------------
     def turn(self, text: str) -> None:
@@ -169,6 +238,9 @@ class ChatSession:
             self.messages.pop()
             self.say("[stopped]")
             return
+        if self.show_drafts and not self.legend_shown:
+            self.say(LEGEND)
+            self.legend_shown = True
         reply = []
         stream = self.engine.chat(self.messages, max_tokens=self.max_tokens, stream=True, sources=True,
                                   stop=self.stop)
@@ -234,7 +306,10 @@ def run_chat(args) -> int:
         engine.chat_tokens([ChatMessage("user", "Hello")])  # a broken chat template fails here, not every turn
         runtime = engine.runtime
         pair = runtime.target.path.name + (f" + draft {runtime.draft.path.name}" if runtime.draft else "")
-        print(f"ouroboros-lite chat: {pair}, method {engine.method}, temperature {engine.sampling.temperature:g}",
+        sampling = engine.sampling
+        seed = "" if sampling.greedy else (f", seed {sampling.seed}" if sampling.seed not in (None, -1) else
+                                           ", seed random per reply (/stats shows it)")
+        print(f"ouroboros-lite chat: {pair}, method {engine.method}, temperature {sampling.temperature:g}{seed}",
               file=sys.stderr)
         print("/help lists commands; Ctrl-C stops a reply; Ctrl-D or Ctrl-C at the prompt exits", file=sys.stderr)
         session = ChatSession(engine, system=args.system, show_drafts=args.show_drafts, stop=args.stop,

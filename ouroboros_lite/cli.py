@@ -1,4 +1,4 @@
-"""`ouroboros-lite` command line: generate | chat | serve | bench | tune | config | pull | models.
+"""`ouroboros-lite` command line: generate | chat | serve | bench | tune | config | pull | models | rpc-server.
 
 Every setting comes from, in rising precedence: built-in defaults, the TOML config file,
 OUROBOROS_LITE_* environment variables, command-line flags (see config.py); flags default to None
@@ -94,6 +94,15 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                         help="list (default) or rm: delete cached files")
     models.add_argument("names", nargs="*", help="models to remove (with rm)")
     models.add_argument("--all", action="store_true", help="with rm: remove every cached catalog model")
+
+    server = sub.add_parser("rpc-server", help="run llama.cpp's ggml-rpc-server (built once from the pinned "
+                            "llama.cpp) so another machine's --rpc can put model layers here")
+    server.add_argument("-H", "--host", default="127.0.0.1",
+                        help="address to listen on (127.0.0.1; the server is unauthenticated: trusted networks only)")
+    server.add_argument("-p", "--port", type=int, default=50052, help="port (50052)")
+    server.add_argument("-t", "--threads", type=positive_int, default=None, help="CPU threads (llama.cpp's default: half the cores)")
+    server.add_argument("-c", "--cache", action="store_true", help="keep received tensors in a local file cache")
+    server.add_argument("--build-only", action="store_true", help="build it, print its path, do not start it")
 
     config = sub.add_parser("config", help="print the effective configuration and where each value comes from")
     add_model_args(config)
@@ -213,8 +222,14 @@ def cmd_models(args) -> int:
     if args.action == "rm":
         if bool(args.names) == args.all:
             raise OuroborosError("models rm takes model names or --all (see `ouroboros-lite models`)")
+        from . import local_models
+
         names = [n for n, e in catalog.entries.items() if e.path.exists()] if args.all else args.names
-        entries = [catalog.get(name) for name in names]  # an unknown name fails before anything is deleted
+        listed = {name for name in names if name not in catalog.entries and local_models.forget(name)}
+        for name in sorted(listed):
+            print(f"{name}: no longer listed (the file itself stays where it is)")
+        # an unknown name fails before anything is deleted
+        entries = [catalog.get(name) for name in names if name not in listed]
         freed = 0
         for entry in entries:
             removed = remove_cached(entry)
@@ -239,7 +254,48 @@ def cmd_models(args) -> int:
         print("  ".join(f"{cell:<{w}}" if i != 2 else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(row, widths)))
               + "  " + row[4])
     print(f"\ncache: {models_dir()} ({cached} of {len(catalog.entries)} cached, {on_disk / 1e9:.2f} GB on disk)")
+    print_local_models(catalog)
     return 0
+
+
+def print_local_models(catalog) -> None:
+    """The GGUF files run from local paths, with the models they were paired with (local_models.py)."""
+    from . import local_models
+
+    files = local_models.read()
+    if not files:
+        return
+    names = {str(entry.path.resolve()): name for name, entry in catalog.entries.items()}
+    rows = [("LOCAL FILE", "SIZE", "MODEL", "LAST USED", "PAIRED WITH")]
+    for path, record in sorted(files.items()):
+        pairs = record.get("pairs") or {}
+        paired = ", ".join(f"{names.get(other, Path(other).name)} ({verdict})" for other, verdict in pairs.items())
+        missing = "" if Path(path).is_file() else " (missing)"
+        rows.append((path + missing, f"{record.get('size', 0) / 1e6:,.0f} MB", str(record.get("description", "")),
+                     str(record.get("last_used", "")), paired or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print()
+    for row in rows:
+        print("  ".join(f"{cell:<{w}}" if i != 1 else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(row, widths)))
+              + "  " + row[4])
+
+
+def cmd_rpc_server(args) -> int:
+    """Build (once) and exec llama.cpp's ggml-rpc-server with llama.cpp's own flags."""
+    import os
+
+    from .llamacpp_tools import build
+
+    binary = build(("ggml-rpc-server",))["ggml-rpc-server"]
+    if args.build_only:
+        print(binary)
+        return 0
+    command = [str(binary), "-H", args.host, "-p", str(args.port)]
+    command += ["-t", str(args.threads)] if args.threads else []
+    command += ["-c"] if args.cache else []
+    sys.stdout.flush()
+    os.execv(binary, command)
+    return 1  # not reached
 
 
 def cmd_chat(args) -> int:
@@ -266,10 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = setup_arg_parser().parse_args(argv)
         commands = {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "config": cmd_config,
-                    "pull": cmd_pull, "models": cmd_models}
+                    "pull": cmd_pull, "models": cmd_models, "rpc-server": cmd_rpc_server}
         if args.command == "config":
             return cmd_config(args)  # resolves the layers itself, to report their sources
-        if args.command not in ("pull", "models"):
+        if args.command not in ("pull", "models", "rpc-server"):
             apply_to_namespace(args)  # defaults < config file < environment < flags
             resolve_models(args)
         if args.command == "bench":

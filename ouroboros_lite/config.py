@@ -58,7 +58,9 @@ SETTINGS: dict[str, Setting] = {
     "top_p": Setting(float, 0.95, "top-p (nucleus) sampling"),
     "min_p": Setting(float, 0.05, "min-p sampling"),
     "repeat_penalty": Setting(float, 1.0, "repetition penalty (1.0 = off)"),
-    "repeat_last_n": Setting(int, 64, "tokens the repetition penalty looks back over"),
+    "presence_penalty": Setting(float, 0.0, "subtracted from the logit of every token seen (0.0 = off)"),
+    "frequency_penalty": Setting(float, 0.0, "subtracted, times its count, from a seen token's logit (0.0 = off)"),
+    "repeat_last_n": Setting(int, 64, "tokens the penalties look back over"),
     "seed": Setting(int, -1, "sampling seed (-1 = random)"),
     "max_tokens": Setting(int, None, "tokens to generate (None = the command's default: generate 128, chat 1024; "
                                      "-1 = until the end or the context)"),
@@ -71,6 +73,8 @@ SETTINGS: dict[str, Setting] = {
     "max_draft": Setting(int, None, "longest draft chain (gamma's cap)"),
     "warm_pool": Setting(bool, True, "keep the phrase pool across runs"),
     "repack": Setting(str, "auto", "CPU weight repacking: auto (off where ggml's AMX kernels would crash), on, off"),
+    "rpc": Setting(str, None, "ggml-rpc-server HOST:PORT[,HOST:PORT...] that hold the target's layers (llama.cpp's --rpc)"),
+    "draft_rpc": Setting(str, None, "ggml-rpc-server HOST:PORT[,...] for the draft (None = the draft runs here)"),
     "host": Setting(str, "127.0.0.1", "address `serve` listens on (loopback: this machine only)"),
     "port": Setting(int, 8080, "port `serve` listens on (0 = any free port)"),
     "parallel": Setting(int, None, "conversations `serve` generates at once, sharing one copy of the weights "
@@ -85,7 +89,7 @@ MINIMUM: dict[str, int] = {"threads": 1, "ctx_size": 1, "ngram": 2, "window": 0,
                            "parallel": 1}
 
 # how `format_config` shows None: "-" where it means "nothing", "auto" where something is picked later
-_NONE_AS_DASH = {"draft", "system", "api_key"}
+_NONE_AS_DASH = {"draft", "system", "api_key", "rpc", "draft_rpc"}
 _SECRET = {"api_key"}  # shown as "(set)", never printed
 
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}

@@ -26,7 +26,7 @@ from typing import NamedTuple
 from .backend import ChatMessage
 from .catalog import resolve_pair
 from .config import SETTINGS
-from .errors import OuroborosError, PromptTooLongError
+from .errors import OuroborosError, PrefillInterrupted, PromptTooLongError
 from .generate import GenerationResponse
 from .stats import SpecStats, tokens_per_second
 from .runtime import Models, Runtime, RuntimeOptions, Session
@@ -95,6 +95,8 @@ class Completion:
     spec: SpecStats
     sources: tuple[str, ...] = ()  # per generated token: "target", "draft" or "pool"
     seed: int | None = None  # the sampling seed drawn with (None: greedy); pass it as seed= to repeat the text
+    tokens: tuple[int, ...] = ()  # the generated token ids
+    logprobs: tuple[float, ...] = ()  # per generated token, the target's log-probability (logprobs=True)
 
     @property
     def tokens_per_second(self) -> float:
@@ -155,7 +157,7 @@ class Engine:
     # --- generation ---------------------------------------------------------------------------------
     def generate(self, prompt: str, *, max_tokens: int = 256, stream: bool = False, sources: bool = False,
                  stop: str | Sequence[str] | None = None, reuse_cache: bool = False,
-                 on_token: Callable[[str], None] | None = None, **sampling):
+                 on_token: Callable[[str], None] | None = None, logprobs: bool = False, **sampling):
         """Continue raw text (no chat template).
 
         stream=False: a Completion. stream=True: a Stream of text pieces (Piece(text, source)
@@ -164,21 +166,23 @@ class Engine:
         back a piece that could be the beginning of one until it is known not to be. reuse_cache:
         keep the longest prefix of the prompt the KV cache holds, as chat turns do (the text is the
         same; a server's completions of prompts with a common beginning decode only the rest).
-        on_token: called with each text piece as it is generated (stream=False)."""
+        on_token: called with each text piece as it is generated (stream=False). logprobs: the
+        Completion's `logprobs` holds the target's log-probability of each generated token (its
+        own distribution, before temperature and filters; speculation does not change it)."""
         if not isinstance(prompt, str):
             raise OuroborosError(f"prompt must be a string, got {type(prompt).__name__}")
         return self._start(lambda: self._open().tokenize_prompt(prompt), max_tokens, stream, sources, sampling,
-                           reuse_cache=reuse_cache, stop=stop, on_token=on_token)
+                           reuse_cache=reuse_cache, stop=stop, on_token=on_token, logprobs=logprobs)
 
     def chat(self, messages: Sequence[dict | ChatMessage], *, max_tokens: int = 1024, stream: bool = False,
              sources: bool = False, stop: str | Sequence[str] | None = None,
-             on_token: Callable[[str], None] | None = None, **sampling):
+             on_token: Callable[[str], None] | None = None, logprobs: bool = False, **sampling):
         """Answer the last message of a conversation, with the model's chat template; as generate.
 
         messages: {"role": ..., "content": ...} dicts or ChatMessage values. The KV cache keeps
         the previous turn, so only the new part of the conversation is decoded."""
         return self._start(lambda: self.chat_tokens(messages), max_tokens, stream, sources, sampling,
-                           reuse_cache=True, stop=stop, on_token=on_token)
+                           reuse_cache=True, stop=stop, on_token=on_token, logprobs=logprobs)
 
     async def agenerate(self, prompt: str, **kwargs) -> AsyncIterator:
         """generate(stream=True) for asyncio: each step runs in a worker thread, so the event loop
@@ -223,8 +227,12 @@ class Engine:
         return runtime
 
     def cancel(self) -> None:
-        """Stop the running generation (thread-safe); it ends with finish_reason "cancelled"."""
+        """Stop the running generation (thread-safe); it ends with finish_reason "cancelled", also
+        from inside a long prompt's decoding."""
         self._cancel.set()
+        verifier = getattr(getattr(self, "runtime", None), "verifier", None)
+        if verifier is not None:
+            verifier.interrupt_prefill()
 
     def reset(self) -> None:
         """Forget the cached conversation (the phrase pool stays)."""
@@ -239,13 +247,15 @@ class Engine:
             raise EngineBusyError(busy_message)
 
     def _start(self, tokenize, max_tokens: int, stream: bool, sources: bool, sampling: dict, *,
-               reuse_cache: bool, stop=None, on_token=None):
+               reuse_cache: bool, stop=None, on_token=None, logprobs: bool = False):
         """tokenize() runs under the lock, so a concurrent close cannot free the model under it."""
         unknown = set(sampling) - SAMPLING_FIELDS
         if unknown:
             raise OuroborosError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
             raise OuroborosError(f"max_tokens must be a positive whole number, got {max_tokens!r}")
+        if not isinstance(logprobs, bool):
+            raise OuroborosError(f"logprobs must be True or False, got {logprobs!r}")
         params = replace(self.sampling, **sampling)
         stops = StopStrings(stop)
         self._acquire("this Engine is already generating; wait for it, cancel it, or use a second Engine")
@@ -257,7 +267,8 @@ class Engine:
             self._lock.release()
             raise
         self._cancel.clear()
-        pieces = Stream(self._run(tokens, max_tokens, params, reuse_cache, sources, stops), self._lock.release)
+        pieces = Stream(self._run(tokens, max_tokens, params, reuse_cache, sources, stops, logprobs),
+                        self._lock.release)
         self._active = weakref.ref(pieces)
         if stream:
             return pieces
@@ -269,19 +280,23 @@ class Engine:
             pieces.close()  # a callback that raises ends the generation and frees the Engine
         return self.last
 
-    def _run(self, tokens, max_tokens, params, reuse_cache, with_sources, stops: StopStrings) -> Iterator:
+    def _run(self, tokens, max_tokens, params, reuse_cache, with_sources, stops: StopStrings,
+             logprobs: bool) -> Iterator:
         """Holds the lock from the call until the stream ends or is closed."""
         responses = None
         try:
-            responses = self.runtime.generate(tokens, max_tokens=max_tokens, sampling=params, reuse_cache=reuse_cache)
-            text, sources, last = [], [], None
+            responses = self.runtime.generate(tokens, max_tokens=max_tokens, sampling=params, reuse_cache=reuse_cache,
+                                              logprobs=logprobs)
+            text, sources, ids, scores = [], [], [], []
             for response in responses:
-                last = response
                 if response.token >= 0:
                     sources.append(response.source)
+                    ids.append(response.token)
+                    if response.logprob is not None:
+                        scores.append(response.logprob)
                 piece, stopped = stops.push(response.text, last=response.finish_reason is not None)
                 text.append(piece)
-                self.last = _completion(response, "".join(text), sources)
+                self.last = _completion(response, "".join(text), sources, ids, scores)
                 if stopped:
                     self.last = replace(self.last, finish_reason="stop")
                 if piece:
@@ -296,6 +311,8 @@ class Engine:
                 if self._cancel.is_set() and response.finish_reason is None:
                     self.last = replace(self.last, finish_reason="cancelled")
                     break
+        except PrefillInterrupted:  # cancel() while the prompt decoded: nothing was generated
+            self.last = Completion("", len(tokens), 0, 0, 0.0, 0.0, "cancelled", SpecStats())
         finally:
             if responses is not None:
                 responses.close()
@@ -343,7 +360,8 @@ async def _without_blocking(stream: Stream) -> AsyncIterator:
         await asyncio.to_thread(stream.close)
 
 
-def _completion(response: GenerationResponse, text: str, sources: list[str]) -> Completion:
+def _completion(response: GenerationResponse, text: str, sources: list[str], tokens: list[int],
+                logprobs: list[float]) -> Completion:
     return Completion(
         text=text,
         prompt_tokens=response.prompt_tokens,
@@ -355,6 +373,8 @@ def _completion(response: GenerationResponse, text: str, sources: list[str]) -> 
         spec=response.spec,
         sources=tuple(sources),
         seed=response.seed,
+        tokens=tuple(tokens),
+        logprobs=tuple(logprobs),
     )
 
 

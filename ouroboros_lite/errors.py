@@ -17,5 +17,9 @@ class PromptTooLongError(OuroborosError):
     """The prompt does not fit in the context window."""
 
 
+class PrefillInterrupted(OuroborosError):
+    """A cancel arrived while the prompt was being decoded; the KV cache is as it was before."""
+
+
 class VocabularyMismatchError(OuroborosError):
     """Target and draft models do not share a tokenizer."""

@@ -16,7 +16,7 @@ from .drafters.base import Drafter
 from .errors import OuroborosError, PromptTooLongError
 from .sampling import GREEDY, Sampler, SamplingParams, resolve_seed
 from .stats import SpecStats, tokens_per_second
-from .verify import Outcome, TreeVerifier
+from .verify import Outcome, TreeVerifier, log_probability
 
 
 class Cycle(NamedTuple):
@@ -47,6 +47,7 @@ class GenerationResponse:
     spec: SpecStats
     finish_reason: str | None = None
     seed: int | None = None  # the sampling seed this generation drew with (None: greedy)
+    logprob: float | None = None  # the target's log-probability of `token` (with logprobs=True)
 
     @property
     def prompt_tps(self) -> float:
@@ -114,11 +115,13 @@ def stream_generate(
     max_tokens: int,
     sampling: SamplingParams = GREEDY,
     reuse_cache: bool = False,
+    logprobs: bool = False,
 ) -> Iterator[GenerationResponse]:
     """Timing: prompt_seconds runs to the first token; generation_seconds from it to the last.
 
     reuse_cache: keep the longest prefix of the prompt the KV cache already holds (chat turns)
-    instead of starting from an empty cache."""
+    instead of starting from an empty cache. logprobs: each response carries the target's
+    log-probability of its token."""
     if max_tokens <= 0:
         raise OuroborosError(f"the number of tokens to generate must be positive (got {max_tokens})")
     if not prompt:
@@ -144,11 +147,19 @@ def stream_generate(
     last_cycle = None
     tokens = generate_tokens(verifier, drafter, prompt, max_tokens=max_tokens, sampler=sampler,
                              draft_sampler=draft_sampler, n_cached=n_cached)
+    verifier.record_logprobs = logprobs
+    in_cycle = 0  # the token's index among its cycle's tokens
     for token, source, cycle in tokens:
         now = time.perf_counter()
         t_first = t_first or now
         if cycle is not None and cycle is not last_cycle:  # once per verification cycle
             stats, last_cycle = stats.after(cycle.outcome, drafter, cycle.draft_seconds, cycle.verify_seconds), cycle
+            in_cycle = 0
+        logprob = None
+        if logprobs:
+            logprob = log_probability(verifier.logits_last(), token) if cycle is None else \
+                cycle.outcome.logprobs[in_cycle]
+            in_cycle += 1
         generated += 1
         is_end = model.is_end_of_generation(token)
         finish = "stop" if is_end else ("length" if generated >= max_tokens else None)
@@ -167,6 +178,7 @@ def stream_generate(
             spec=stats,
             finish_reason=finish,
             seed=shown_seed,
+            logprob=logprob,
         )
         if finish is not None:
             tokens.close()

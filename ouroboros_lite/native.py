@@ -29,6 +29,7 @@ typedef struct ouro_tree ouro_tree;
 
 void    ouro_abi_batch_layout(int64_t out[8]);
 int32_t ouro_abi_version(void);
+void    ouro_set_abort_flag(struct llama_context * ctx, volatile int32_t * flag);
 int32_t ouro_n_vocab(const struct llama_context * ctx);
 int32_t ouro_argmax(const float * values, int32_t n);
 int32_t ouro_decode_chain(struct llama_context * ctx, const llama_token * tokens, int32_t n,
@@ -51,7 +52,7 @@ int32_t  ouro_tree_accept_greedy(const ouro_tree * tree, int32_t * path, int32_t
 int32_t  ouro_tree_commit(ouro_tree * tree, int32_t last_node);
 """
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 # Return codes of native/ouro.h.
 OURO_OK = 0

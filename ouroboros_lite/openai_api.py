@@ -45,6 +45,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
+    logprobs: bool = False  # chat: each generated token's log-probability in the (non-streamed) response
 
 
 def parse_request(body, kind: str) -> GenerationRequest:
@@ -58,12 +59,9 @@ def parse_request(body, kind: str) -> GenerationRequest:
     n = _optional(body, "n", Integral)
     if n is not None and n != 1:
         raise ApiError(400, f"n must be 1 (one choice per request), got {n}", param="n", code="invalid_value")
-    for name in ("presence_penalty", "frequency_penalty"):
-        value = _number(body, name, -2.0, 2.0)
-        if value:
-            raise ApiError(400, f"{name} other than 0 is not supported; use repeat_penalty (llama.cpp's, "
-                                f"1.0 = off)", param=name, code="unsupported_value")
     sampling = {
+        "presence_penalty": _number(body, "presence_penalty", -2.0, 2.0),
+        "frequency_penalty": _number(body, "frequency_penalty", -2.0, 2.0),
         "temperature": _number(body, "temperature", 0.0, 100.0),
         "top_p": _number(body, "top_p", 0.0, 1.0, low_open=True),
         "min_p": _number(body, "min_p", 0.0, 1.0),
@@ -75,6 +73,7 @@ def parse_request(body, kind: str) -> GenerationRequest:
     sampling = {k: (float(v) if isinstance(v, Real) and k not in ("top_k", "repeat_last_n", "seed") else v)
                 for k, v in sampling.items() if v is not None}
     stream = _optional(body, "stream", bool) or False
+    logprobs = _logprobs(body, kind, stream)
     options = _optional(body, "stream_options", dict) or {}
     include_usage = options.get("include_usage", False)
     if not isinstance(include_usage, bool):
@@ -82,7 +81,35 @@ def parse_request(body, kind: str) -> GenerationRequest:
                        code="invalid_type")
     _optional(body, "user", str)
     return GenerationRequest(kind, messages, prompt, max_tokens, sampling, _stop(body.get("stop")), stream,
-                             include_usage)
+                             include_usage, logprobs)
+
+
+def _logprobs(body: dict, kind: str, stream: bool) -> bool:
+    """Chat's `logprobs: true`: the chosen tokens' log-probabilities (no alternatives: top_logprobs 0)."""
+    if kind != "chat":
+        if body.get("logprobs") not in (None, 0):
+            raise ApiError(400, "logprobs on /v1/completions is not supported; use /v1/chat/completions with "
+                                "logprobs: true", param="logprobs", code="unsupported_value")
+        return False
+    wanted = _optional(body, "logprobs", bool) or False
+    top = _whole(body, "top_logprobs", 0, 20)
+    if top:
+        raise ApiError(400, "top_logprobs above 0 is not supported (the chosen tokens' logprobs are)",
+                       param="top_logprobs", code="unsupported_value")
+    if wanted and stream:
+        raise ApiError(400, "logprobs come with non-streamed responses only; set stream to false",
+                       param="logprobs", code="unsupported_value")
+    return wanted
+
+
+def token_logprobs(done: Completion, token_bytes) -> dict:
+    """OpenAI's choices[].logprobs for a chat answer: one entry per generated token."""
+    content = []
+    for token, logprob in zip(done.tokens, done.logprobs):
+        raw = token_bytes(token)
+        content.append({"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw),
+                        "top_logprobs": []})
+    return {"content": content}
 
 
 def _optional(body: dict, name: str, kind):
@@ -223,12 +250,12 @@ class ResponseShapes:
     def _head(self, object_name: str) -> dict:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model}
 
-    def whole(self, text: str, done: Completion | None) -> dict:
+    def whole(self, text: str, done: Completion | None, logprobs: dict | None = None) -> dict:
         if self.kind == "chat":
             choice = {"index": 0, "message": {"role": "assistant", "content": text}}
         else:
             choice = {"index": 0, "text": text}
-        choice.update(logprobs=None, finish_reason=finish_reason(done))
+        choice.update(logprobs=logprobs, finish_reason=finish_reason(done))
         return {**self._head(self.object), "choices": [choice], "usage": usage(done), "timings": timings(done)}
 
     def chunk(self, text: str | None, finish: str | None = None, *, first: bool = False) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 from . import gguf_meta
 from .backend import DEFAULT_THREADS, ChatMessage, Context, Model, available_cores, deferred_interrupt
 from .catalog import resolve_model
-from . import drafters
+from . import drafters, local_models, rpc
 from .drafters.ouroboros import OuroborosParams
 from .pool import PhrasePool, PoolFileWarning, default_pool_path
 from .errors import OuroborosError
@@ -36,6 +36,10 @@ class RuntimeOptions:
     flash_attn: bool | None = None  # None: llama.cpp decides (on for CPU)
     kv_type: str = "f16"  # "f32" halves KV rounding noise for exactness checks, doubles its memory
     repack: str = "auto"  # CPU weight repacking: "auto" (off where ggml's AMX path is active), "on", "off"
+    # llama.cpp's --rpc: "host:port,..." of ggml-rpc-server processes holding the target's layers;
+    # the draft stays local unless draft_rpc names servers for it (local is what makes speculation pay)
+    rpc: str | None = None
+    draft_rpc: str | None = None
     max_draft: int = 8  # longest draft-model chain (sd, pld)
     ngram: int = 5  # N: pool phrases hold N-1 tokens
     pool_capacity: int = 8  # phrases kept per key token (LRU)
@@ -57,6 +61,7 @@ class RuntimeOptions:
         for name in ("gpu_layers", "draft_gpu_layers"):
             if not isinstance(getattr(self, name), int):
                 raise OuroborosError(f"{name} must be a whole number, got {getattr(self, name)!r}")
+        rpc.parse_servers(self.rpc), rpc.parse_servers(self.draft_rpc)  # one-line errors for bad lists
         if self.max_tree_nodes >= self.n_batch:
             raise OuroborosError(f"max_tree_nodes must be below n_batch ({self.n_batch}), got {self.max_tree_nodes}")
 
@@ -129,12 +134,22 @@ class Models:
 
     def _load(self, target, draft, options: RuntimeOptions) -> None:
         self.options = options
-        self.target = Model(resolve_model(target), gpu_layers=options.gpu_layers, repack=options.repack)
-        if draft is not None:
-            from .vocab import check_compatible
+        self.target = Model(resolve_model(target), gpu_layers=options.gpu_layers, repack=options.repack,
+                            rpc_servers=rpc.parse_servers(options.rpc))
+        if draft is None:
+            local_models.remember(self.target)
+            return
+        from .errors import VocabularyMismatchError
+        from .vocab import check_compatible
 
-            self.draft = Model(resolve_model(draft), gpu_layers=options.draft_gpu_layers, repack=options.repack)
+        self.draft = Model(resolve_model(draft), gpu_layers=options.draft_gpu_layers, repack=options.repack,
+                           rpc_servers=rpc.parse_servers(options.draft_rpc))
+        try:
             check_compatible(self.target, self.draft)
+        except VocabularyMismatchError:
+            local_models.remember(self.target, self.draft, local_models.INCOMPATIBLE)
+            raise
+        local_models.remember(self.target, self.draft, local_models.COMPATIBLE)
 
     def pool(self, key: str) -> PhrasePool:
         """The phrase pool of one method (key: its name), shared by every session of this pair.
@@ -295,11 +310,13 @@ class Session:
         method: str | None = None,
         sampling: SamplingParams = GREEDY,
         reuse_cache: bool = False,
+        logprobs: bool = False,
     ) -> Iterator[GenerationResponse]:
-        """Stream a generation. reuse_cache keeps the prompt prefix the KV cache already holds."""
+        """Stream a generation. reuse_cache keeps the prompt prefix the KV cache already holds;
+        logprobs: each response carries the target's log-probability of its token."""
         drafter = self.drafter_for(method) if method else self.drafter
         return stream_generate(self.target, self.verifier, drafter, prompt_tokens, max_tokens=max_tokens,
-                               sampling=sampling, reuse_cache=reuse_cache)
+                               sampling=sampling, reuse_cache=reuse_cache, logprobs=logprobs)
 
     def close(self) -> None:
         for drafter in self._drafters.values():

@@ -28,12 +28,16 @@ class SamplingParams:
     top_p: float = 0.95  # 1.0: off
     min_p: float = 0.05  # 0.0: off
     repeat_penalty: float = 1.0  # 1.0: off
-    repeat_last_n: int = 64  # tokens the penalty looks back over (0: off, -1: the whole history)
+    repeat_last_n: int = 64  # tokens the penalties look back over (0: off, -1: the whole history)
+    # OpenAI's (and llama.cpp's) additive penalties over the same window: a token seen c times
+    # loses c x frequency_penalty + presence_penalty from its logit; 0.0: off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None  # None or -1: a fresh random seed per generation
 
     def __post_init__(self):
         problems = []
-        for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
                 problems.append(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
@@ -55,6 +59,9 @@ class SamplingParams:
             problems.append(f"min-p must be in [0, 1], got {self.min_p}")
         if self.repeat_penalty <= 0:
             problems.append(f"repeat-penalty must be positive, got {self.repeat_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                problems.append(f"{name.replace('_', '-')} must be in [-2, 2], got {getattr(self, name)}")
         if self.repeat_last_n < -1:
             problems.append(f"repeat-last-n must be -1, 0 or positive, got {self.repeat_last_n}")
         if problems:
@@ -67,7 +74,13 @@ class SamplingParams:
     @property
     def plain_greedy(self) -> bool:
         """Greedy on the raw logits: the C module's argmax decides alone."""
-        return self.greedy and self.repeat_penalty == 1.0
+        return self.greedy and not self.penalised
+
+    @property
+    def penalised(self) -> bool:
+        """Whether the logits depend on the tokens before (a penalty is on)."""
+        return self.repeat_last_n != 0 and (self.repeat_penalty != 1.0 or self.presence_penalty != 0.0
+                                            or self.frequency_penalty != 0.0)
 
 
 GREEDY = SamplingParams()
@@ -97,12 +110,14 @@ class Sampler:
         """The distribution to sample the next token from, dense float64 over the vocabulary."""
         params = self.params
         x = np.array(logits, dtype=np.float64)  # the one copy of the row llama.cpp owns
-        if params.repeat_penalty != 1.0 and params.repeat_last_n != 0 and history:
+        if params.penalised and history:  # llama.cpp's penalties sampler, in its order
             recent = history if params.repeat_last_n < 0 else history[-params.repeat_last_n:]
-            ids = np.unique(np.asarray(recent, dtype=np.int64))
-            ids = ids[(ids >= 0) & (ids < len(x))]
+            ids, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
+            inside = (ids >= 0) & (ids < len(x))
+            ids, counts = ids[inside], counts[inside]
             v = x[ids]
-            x[ids] = np.where(v <= 0, v * params.repeat_penalty, v / params.repeat_penalty)
+            v = np.where(v <= 0, v * params.repeat_penalty, v / params.repeat_penalty)
+            x[ids] = v - counts * params.frequency_penalty - params.presence_penalty
         probs = np.zeros_like(x)
         if params.greedy:
             probs[int(np.argmax(x))] = 1.0

@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from .engine import Engine
 from .errors import OuroborosError
-from .openai_api import ApiError, GenerationRequest, ResponseShapes, parse_request
+from .openai_api import ApiError, GenerationRequest, ResponseShapes, parse_request, token_logprobs
 from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
 
 MAX_BODY_BYTES = 16 * 2**20
@@ -73,7 +73,8 @@ class Service:
 
 
 def open_stream(request: GenerationRequest, max_tokens: int, slot: Engine):
-    kwargs = dict(max_tokens=max_tokens, stream=True, stop=request.stop or None, **request.sampling)
+    kwargs = dict(max_tokens=max_tokens, stream=True, stop=request.stop or None, logprobs=request.logprobs,
+                  **request.sampling)
     if request.kind == "chat":
         return slot.chat(list(request.messages), **kwargs)
     return slot.generate(request.prompt, reuse_cache=True, **kwargs)
@@ -117,10 +118,13 @@ async def generate(request: Request, kind: str) -> Response:
         return StreamingResponse(sse_chunks(job, events, shapes, parsed.include_usage),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return await whole_response(request, job, events, shapes)
+    token_bytes = service.models.target.token_bytes if parsed.logprobs else None
+    return await whole_response(request, job, events, shapes, token_bytes)
 
 
-async def whole_response(request: Request, job: Job, events: asyncio.Queue, shapes: ResponseShapes) -> Response:
+async def whole_response(request: Request, job: Job, events: asyncio.Queue, shapes: ResponseShapes,
+                         token_bytes=None) -> Response:
+    """token_bytes: the target's token_bytes where the request asked for logprobs."""
     gone = asyncio.ensure_future(wait_for_disconnect(request))
     try:
         while True:
@@ -133,7 +137,8 @@ async def whole_response(request: Request, job: Job, events: asyncio.Queue, shap
             if kind == "error":
                 raise generation_error(value)
             if kind == "done":
-                return JSONResponse(shapes.whole(value.text if value else "", value))
+                logprobs = token_logprobs(value, token_bytes) if token_bytes and value else None
+                return JSONResponse(shapes.whole(value.text if value else "", value, logprobs))
     finally:
         gone.cancel()
         job.cancel()  # a no-op once the job is done

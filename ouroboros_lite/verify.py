@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import numpy as np
 from . import native
 from .acceptance import accept_sampled
 from .backend import Context
+from .errors import PrefillInterrupted
 from .sampling import Sampler
 from .tree import TokenTree
 
@@ -28,6 +30,7 @@ class Outcome:
     tokens: tuple[int, ...]
     sources: tuple[str, ...]
     argmax: np.ndarray
+    logprobs: tuple[float, ...] = ()  # per token, the target's log-probability (when recorded)
 
     @property
     def next_token(self) -> int:
@@ -50,6 +53,12 @@ class TreeVerifier:
         self._n_path = native.ffi.new("int32_t *")
         self._next = native.ffi.new("int32_t *")
         self.cached: list[int] = []  # the tokens sequence 0 of the KV cache holds, in order
+        self.record_logprobs = False  # Outcome.logprobs filled in (stream_generate sets it per generation)
+        # interrupt_prefill raises this flag while a prompt decodes; llama.cpp checks it between graph nodes
+        self._abort = native.ffi.new("int32_t *")
+        self._abort_lock = threading.Lock()
+        self._prefilling = False
+        native.lib.ouro_set_abort_flag(self._ctx, self._abort)
         self._decoded: tuple[int, TokenTree] = (-1, TokenTree())  # root and tree of the last decode
 
     def reset(self) -> None:
@@ -84,6 +93,8 @@ class TreeVerifier:
         return n
 
     def close(self) -> None:
+        if self._tree is not None and self.context.handle:  # the context must not read a freed flag
+            native.lib.ouro_set_abort_flag(self._ctx, native.ffi.NULL)
         if self._tree is not None and self._tree != native.ffi.NULL:
             native.lib.ouro_tree_free(self._tree)
         self._tree = None
@@ -95,13 +106,30 @@ class TreeVerifier:
             pass
 
     def prefill(self, tokens: list[int], pos0: int = 0) -> int:
-        """Decode tokens into sequence 0 at positions pos0..; returns the target's next token."""
+        """Decode tokens into sequence 0 at positions pos0..; returns the target's next token.
+        PrefillInterrupted (the cache as before) when interrupt_prefill() came from another thread."""
         self.discard()
         rc_out = native.ffi.new("int32_t *")
-        code = native.lib.ouro_decode_chain(self._ctx, tokens, len(tokens), pos0, 0, self._next, rc_out)
+        with self._abort_lock:
+            self._prefilling = True
+        try:
+            code = native.lib.ouro_decode_chain(self._ctx, tokens, len(tokens), pos0, 0, self._next, rc_out)
+        finally:
+            with self._abort_lock:
+                self._prefilling, interrupted, self._abort[0] = False, self._abort[0] != 0, 0
+        if code == native.OURO_ERR_DECODE and rc_out[0] == 2 and interrupted:
+            native.check(native.lib.ouro_rollback(self._ctx, pos0))  # drop the part that was decoded
+            raise PrefillInterrupted(f"the prompt's decoding was interrupted after less than {len(tokens)} tokens")
         native.check(code, f"llama_decode returned {rc_out[0]}" if code == native.OURO_ERR_DECODE else "")
         self.cached[pos0:] = tokens
         return int(self._next[0])
+
+    def interrupt_prefill(self) -> None:
+        """From any thread: end a prompt decode in progress (at llama.cpp's next graph node); nothing
+        happens when none is."""
+        with self._abort_lock:
+            if self._prefilling:
+                self._abort[0] = 1
 
     def decode(self, root: int, pos: int, tree: TokenTree) -> np.ndarray:
         """Run the tree through the target; returns the argmax after the root and every node."""
@@ -181,11 +209,25 @@ class TreeVerifier:
             raise
 
     def _commit(self, tree: TokenTree, argmax: np.ndarray, path: list[int], next_token: int) -> Outcome:
+        tokens = tuple(tree.tokens[i] for i in path) + (next_token,)
+        logprobs = ()
+        if self.record_logprobs:  # read before the commit, which ends the rows' life
+            rows = [0, *(i + 1 for i in path)]  # a token's distribution is its parent's row
+            logprobs = tuple(log_probability(self.logits(row), token) for row, token in zip(rows, tokens))
         self.commit(path[-1] if path else -1)
         return Outcome(
             tree=tree,
             accepted=tuple(path),
-            tokens=tuple(tree.tokens[i] for i in path) + (next_token,),
+            tokens=tokens,
             sources=tuple(tree.sources[i] for i in path) + ("target",),
             argmax=argmax,
+            logprobs=logprobs,
         )
+
+
+def log_probability(logits: np.ndarray, token: int) -> float:
+    """log softmax(logits)[token]: the target's own log-probability of a token (before sampling's
+    temperature and filters), what speculation leaves unchanged."""
+    x = np.asarray(logits, dtype=np.float64)
+    top = x.max()
+    return float(x[token] - top - np.log(np.exp(x - top).sum()))

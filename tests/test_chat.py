@@ -109,3 +109,36 @@ def test_show_drafts_colours_draft_tokens(target_path, draft_path):
     assert "\x1b[32m" in child.before  # tokens the draft proposed are green
     child.sendeof()
     child.expect(pexpect.EOF)
+
+
+def test_set_load_and_the_colour_legend(draft_path, tmp_path):
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps({"model": "other.gguf", "messages": [
+        {"role": "user", "content": "My name is Zed."}, {"role": "assistant", "content": "Hello Zed."}]}))
+    child = spawn(draft_path, "--temp", "0.7", "-s", "7", "--show-drafts", "-n", "40")
+    assert "seed 7" in child.before  # the banner names the seed when sampling
+    child.sendline("/set n 3")
+    child.expect(PROMPT)
+    assert "[n = 3]" in child.before
+    child.sendline("/set temp 0")
+    child.expect(PROMPT)
+    child.sendline("/set top-p 7")
+    child.expect(PROMPT)
+    assert "top-p must be in" in child.before  # refused, the old value stays
+    child.sendline("/set")
+    child.expect(PROMPT)
+    assert "n 3" in child.before and "temp 0.0" in child.before
+    child.sendline(f"/load {saved}")
+    child.expect(PROMPT)
+    assert "loaded 2 messages" in child.before and "saved with other.gguf" in child.before
+    child.sendline("What is my name?")
+    child.expect(PROMPT)
+    assert "colours:" in child.before  # the legend, on the first coloured reply
+    reply = stats(child)
+    assert "reply: 3 tokens" in reply
+    assert re.search(r"prompt: (\d+) tokens", reply) and int(re.search(r"prompt: (\d+)", reply).group(1)) > 15
+    child.sendline(f"/load {tmp_path / 'missing.json'}")
+    child.expect(PROMPT)
+    assert "could not read" in child.before
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)

@@ -109,3 +109,35 @@ def test_the_stats_line_has_timings_and_the_seed_that_repeats_a_sampled_text(dra
     assert again.stdout == first.stdout and f"seed {seed}" in again.stderr
     greedy = run("generate", "-m", draft_path, "-p", "Hi", "-n", 4, *GREEDY)
     assert "seed" not in greedy.stderr
+
+
+def test_pull_from_the_hub_offline_is_one_quick_line(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]  # nothing listens once the socket is closed
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "ouroboros_lite", "pull", "qwen2.5-0.5b-instruct-q8_0"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{closed}",
+                               "OUROBOROS_LITE_CACHE": str(tmp_path)})
+    assert done.returncode == 1 and time.perf_counter() - started < 30
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Hugging Face Hub (127.0.0.1) is unreachable" in lines[0], done.stderr
+
+
+def test_a_local_gguf_shows_up_in_models_with_its_pairing(draft_path, target_path, tmp_path):
+    import shutil
+
+    cache = {"OUROBOROS_LITE_CACHE": str(tmp_path / "cache")}
+    local = tmp_path / "my-model.gguf"
+    shutil.copy(draft_path, local)
+    run("generate", "-m", local, "--draft", target_path, "-n", 2, *GREEDY, env=cache)
+    listing = run("models", env=cache).stdout
+    row = next(line for line in listing.splitlines() if str(local.resolve()) in line)
+    assert "MB" in row and f"{target_path.name} (compatible)" in row, listing
+    forgot = run("models", "rm", local, env=cache)
+    assert "no longer listed" in forgot.stdout and local.is_file()
+    assert str(local.resolve()) not in run("models", env=cache).stdout

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 
 from ouroboros_lite.bench import default_prompts, load_prompts
-from ouroboros_lite.catalog import pull
 from ouroboros_lite.drafters.lookahead import PhraseHarvester
 from ouroboros_lite.drafters.ouroboros import OuroborosDrafter, OuroborosParams
 from ouroboros_lite.pool import PhrasePool
 
-from support import DRAFT, THREADS, assert_equal_or_tie, generate_ids
+from support import THREADS, assert_equal_or_tie, generate_ids
 
 N_TOKENS = 128
 # The README's test command checks the first 4 prompts (4 Spec-Bench categories: it must stay under

@@ -64,6 +64,22 @@ def test_temperature_top_k_top_p_min_p_follow_llama_cpp():
     assert p == pytest.approx([0.25 / 0.29, 0.04 / 0.29, 0, 0, 0])
 
 
+def test_presence_and_frequency_penalties_subtract_as_openai_and_llama_cpp_do():
+    # token 0 seen three times, token 1 once: 3.0 - 3 x 0.5 - 0.25 = 1.25, 2.0 - 0.5 - 0.25 = 1.25
+    p = probs([3.0, 2.0, 1.0], history=[0, 0, 1, 0], temperature=1.0, frequency_penalty=0.5,
+              presence_penalty=0.25, **FREE)
+    expected = np.exp([1.25, 1.25, 1.0])
+    assert p == pytest.approx(expected / expected.sum())
+    # after the multiplicative repeat penalty, in llama.cpp's order: 3.0 / 2 - 0.25 = 1.25 < 1.5
+    assert probs([3.0, 1.5], history=[0], repeat_penalty=2.0, presence_penalty=0.25).tolist() == [0, 1]
+    # negative values reward repeats
+    assert probs([1.0, 1.2], history=[0], presence_penalty=-0.5).tolist() == [1, 0]
+    assert not SamplingParams(presence_penalty=0.5).plain_greedy
+    assert SamplingParams(presence_penalty=0.5, repeat_last_n=0).plain_greedy
+    with pytest.raises(OuroborosError, match="presence-penalty must be in"):
+        SamplingParams(presence_penalty=3.0)
+
+
 def test_penalty_only_sees_the_last_n_tokens():
     logits = [2.0, 2.0]
     assert probs(logits, history=[0, 1, 1, 1], repeat_penalty=2.0, repeat_last_n=3).tolist() == [1, 0]

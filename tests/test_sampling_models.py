@@ -103,3 +103,12 @@ def test_repetition_penalty_applies_on_accepted_history(pair):
     assert reference != tokens(pair, prompt, "ar", SamplingParams())
     for method in ("sd", "ouroboros", "pld"):
         assert tokens(pair, prompt, method, penalised) == reference, method
+
+
+def test_presence_and_frequency_penalties_apply_on_accepted_history(pair):
+    prompt = pair.tokenize_prompt("Repeat the word 'blue' ten times.", chat=True)
+    penalised = SamplingParams(temperature=0.0, presence_penalty=1.0, frequency_penalty=0.5)
+    reference = tokens(pair, prompt, "ar", penalised)
+    assert reference != tokens(pair, prompt, "ar", SamplingParams())
+    for method in ("sd", "ouroboros", "pld"):
+        assert tokens(pair, prompt, method, penalised) == reference, method

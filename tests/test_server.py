@@ -242,6 +242,21 @@ def test_unknown_fields_are_ignored(server):
     assert response.json()["usage"]["completion_tokens"] <= 4
 
 
+def test_penalties_and_logprobs_through_the_openai_client(server):
+    client = server.client()
+    plain = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Say blue blue blue."}],
+                                           max_tokens=12, temperature=0, logprobs=True)
+    entries = plain.choices[0].logprobs.content
+    assert len(entries) == plain.usage.completion_tokens and all(e.logprob <= 0 for e in entries)
+    assert "".join(e.token for e in entries).startswith(plain.choices[0].message.content[:8])
+    penalised = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Say blue blue blue."}],
+                                               max_tokens=12, temperature=0, presence_penalty=2.0,
+                                               frequency_penalty=2.0)
+    assert penalised.choices[0].message.content != plain.choices[0].message.content
+    response = server.post("/chat/completions", {**HI, "logprobs": True, "stream": True})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "logprobs"
+
+
 def test_models_health_and_metrics(server):
     models = server.client().models.list()
     assert [m.id for m in models.data] == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
@@ -325,7 +340,7 @@ BAD = [
     ("/chat/completions", {**HI, "stop": [""]}, "stop", None),
     ("/chat/completions", {**HI, "stream": "yes"}, "stream", None),
     ("/chat/completions", {**HI, "stream": True, "stream_options": {"include_usage": 1}}, "stream_options", None),
-    ("/chat/completions", {**HI, "presence_penalty": 0.5}, "presence_penalty", None),
+    ("/chat/completions", {**HI, "presence_penalty": -2.5}, "presence_penalty", None),
     ("/chat/completions", {**HI, "frequency_penalty": 9}, "frequency_penalty", None),
     ("/chat/completions", {"messages": [{"role": "user", "content": "word " * 2 * CTX}]}, "messages",
      "context_length_exceeded"),
