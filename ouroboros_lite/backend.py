@@ -181,8 +181,9 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, *, gpu_layers: int = 0, repack: str = "auto",
                  rpc_servers: tuple[str, ...] = ()):
-        """rpc_servers: ggml-rpc-server endpoints ("host:port") that hold the model's layers (all of
-        them unless gpu_layers says how many), split by their free memory as llama.cpp splits them."""
+        """rpc_servers: ggml-rpc-server endpoints ("host:port") that hold the model's layers (all the
+        repeating layers unless gpu_layers says how many; the output layer stays here), split by their
+        free memory as llama.cpp splits them."""
         self.path = check_gguf_file(path)
         _ensure_backend()
         if gpu_layers != 0 and not rpc_servers and gpu_backend() is None:
@@ -193,7 +194,11 @@ class Model:
         self._devices = rpc.device_list(tuple(rpc_servers))  # None: llama.cpp's default
         if self._devices is not None:
             params.devices = ctypes.cast(self._devices, ctypes.c_void_p).value
-        params.n_gpu_layers = 999 if rpc_servers and gpu_layers == 0 else gpu_layers
+        if rpc_servers and gpu_layers == 0:
+            # every layer to the servers, but not the output layer: its logits (a row of n_vocab
+            # floats per tree node, megabytes per forward) would cross the network, hidden states do not
+            gpu_layers = gguf_meta.block_count(self.path) or 999
+        params.n_gpu_layers = gpu_layers
         self.rpc_servers = tuple(rpc_servers)
         info = system_info()
         params.use_extra_bufts = use_extra_buffers(info, repack)

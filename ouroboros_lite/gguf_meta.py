@@ -49,6 +49,15 @@ def read_header(path: str | os.PathLike) -> tuple[dict, list[str]] | None:
             return None
 
 
+def block_count(path: str | os.PathLike) -> int | None:
+    """The model's number of layers ({arch}.block_count), or None where the header does not say."""
+    header = read_header(path)
+    if header is None:
+        return None
+    meta = header[0]
+    return _int(meta.get(f"{meta.get('general.architecture')}.block_count"))
+
+
 def _parse(buf) -> tuple[dict, list[str]]:
     magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", buf, 0)
     if magic != b"GGUF" or version < 2 or n_kv > len(buf) // 12 or n_tensors > len(buf) // 24:
