@@ -1,16 +1,25 @@
-"""What CPU weight repacking costs or saves here: plain greedy decoding (ar) with repack on and off.
+"""What CPU weight repacking costs or saves here: greedy decoding (ar) and the batch-cost curve that
+tree verification pays, with the CPU repack this machine can run and with none (`--no-repack`).
 
     python benchmarks/repack.py --model qwen2.5-coder-1.5b-instruct-q4_k_m --prompts 4 -n 64
 
-The two runtimes load the same file, one with llama.cpp's extra buffer types (repacked weights) and
-one without (`--no-repack`), and alternate prompt by prompt so machine noise hits both. "auto" picks
-on unless ggml's AMX path is active (it crashes batched decoding there, so "on" is not measured then).
+The two runtimes load the same file and alternate prompt by prompt, and the points of the two batch
+curves (one forward of k tokens, every row's logits, as a tree verification asks) are measured in
+alternating order, so machine noise hits both. The repack is "on" (llama.cpp's extra buffers) except
+where ggml's AMX path is active: it crashes batched decoding there, so the script measures "avx2"
+(the Q4_0/Q4_K weights in CPU_REPACK without the AMX buffer, cpu_repack.py) instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+
+from draft_limits import (  # benchmarks/ is this script's path
+    TARGET_SIZES,
+    cost_curves,
+    print_curve,
+)
 
 from ouroboros_lite.backend import amx_active, system_info, use_extra_buffers
 from ouroboros_lite.bench import default_prompts, load_prompts
@@ -24,15 +33,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("-n", type=int, default=64)
     parser.add_argument("-t", "--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats of the batch curves (7)")
     args = parser.parse_args()
     info = system_info()
-    if amx_active(info):
-        print("ggml's AMX path is active on this CPU: repack on would crash batched decoding; auto = off")
-        return
     path = resolve_model(args.model)
     prompts = [p for _, p in load_prompts(default_prompts(), args.prompts)]
+    repacked = "avx2" if amx_active(info) else "on"
     runtimes = {setting: Runtime(path, options=RuntimeOptions(threads=args.threads, repack=setting))
-                for setting in ("on", "off")}
+                for setting in (repacked, "off")}
     speeds = {setting: {"prompt": [], "generation": []} for setting in runtimes}
     for prompt in prompts:
         for setting, runtime in runtimes.items():
@@ -42,15 +50,23 @@ def main() -> None:
                 pass
             speeds[setting]["prompt"].append(last.prompt_tps)
             speeds[setting]["generation"].append(last.generation_tps)
+    prefix = runtimes["off"].tokenize_prompt(prompts[0], chat=True)
+    sizes = tuple(k for k in TARGET_SIZES if k - 1 <= runtimes["off"].verifier.max_nodes)
+    curves = cost_curves({setting: (runtime.verifier, sizes) for setting, runtime in runtimes.items()},
+                         prefix, args.repeats)
     for runtime in runtimes.values():
         runtime.close()
-    auto = "on" if use_extra_buffers(info, "auto") else "off"
-    print(f"{path.name}, {args.threads} threads, {len(prompts)} prompts x {args.n} tokens (auto = {auto} here)")
+    print(f"{path.name}, {args.threads} threads, {len(prompts)} prompts x {args.n} tokens "
+          f"(auto = {'on' if use_extra_buffers(info, 'auto') else 'off'} here)")
     print(f"{'repack':7s} {'prompt tok/s':>13s} {'gen tok/s':>10s}")
     for setting, s in speeds.items():
         print(f"{setting:7s} {statistics.median(s['prompt']):13.1f} {statistics.median(s['generation']):10.2f}")
-    on, off = (statistics.median(speeds[k]["generation"]) for k in ("on", "off"))
-    print(f"generation with repack on / off: {on / off:.3f}x")
+    on, off = (statistics.median(speeds[k]["generation"]) for k in (repacked, "off"))
+    print(f"generation with repack {repacked} / off: {on / off:.3f}x")
+    print(f"one forward of k tokens, ms (medians of {args.repeats} interleaved repeats):")
+    for setting, curve in curves.items():
+        print_curve(setting, curve)
+    print(f"batch cost {repacked} / off:  " + "".join(f"{curves[repacked][k] / curves['off'][k]:7.2f}" for k in sizes))
 
 
 if __name__ == "__main__":

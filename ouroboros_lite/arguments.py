@@ -72,10 +72,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-b", "--batch-size", type=positive_int, default=None,
                         help="tokens per llama.cpp batch for prompts (default: 512; at least 49, a tree's size)")
     parser.add_argument("--repack", dest="repack", action="store_const", const="on", default=None,
-                        help="repack weights for the CPU's kernels (default: auto, on unless ggml's AMX path "
-                             "is active, where batched decoding crashes)")
+                        help="repack weights for the CPU's kernels, AMX's included (default: auto: on, but off "
+                             "where ggml's AMX path is active: its batched decoding crashes)")
     parser.add_argument("-nr", "--no-repack", dest="repack", action="store_const", const="off",
                         help="load weights as stored (llama.cpp's --no-repack)")
+    parser.add_argument("--repack-avx2", dest="repack", action="store_const", const="avx2",
+                        help="on AMX CPUs: Q4_0/Q4_K weights in ggml's AVX2 repack, not the AMX buffer (cheaper "
+                             "batches of 4-8 tokens, dearer single tokens; benchmarks/repack.py measures it)")
     parser.add_argument("--rpc", default=None, metavar="HOST:PORT[,...]",
                         help="run the target's layers on these ggml-rpc-server processes (llama.cpp's --rpc; "
                              "unauthenticated: loopback or a trusted network only)")

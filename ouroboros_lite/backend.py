@@ -19,7 +19,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from . import gguf_meta, rpc
+from . import cpu_repack, gguf_meta, rpc
 from .errors import ModelFileError, OuroborosError
 
 GGUF_MAGIC = b"GGUF"
@@ -104,33 +104,49 @@ def amx_active(info: str) -> bool:
 
 
 def use_extra_buffers(info: str, repack: str = "auto") -> bool:
-    """llama_model_params.use_extra_bufts for a repack setting ("auto", "on", "off").
+    """llama_model_params.use_extra_bufts for a repack setting ("auto", "on", "off", "avx2").
 
     The extra buffer types are ggml's weight repacking for the CPU: it speeds Q4_0/Q4_K on AVX2 and
     ARM, but where the AMX buffer is active every batch of 2+ tokens segfaults inside
     ggml_backend_amx_mul_mat (llama.cpp #20824), so "auto" turns it off exactly there, like
-    llama.cpp's --no-repack."""
+    llama.cpp's --no-repack. "avx2" is off too: cpu_repack.py then names the tensors for CPU_REPACK."""
     if repack == "auto":
         return not amx_active(info)
-    if repack in ("on", "off"):  # config.REPACK_SETTINGS, checked there for files, env and flags
+    if repack in ("on", "off", "avx2"):  # config.REPACK_SETTINGS, checked there for files, env and flags
         return repack == "on"
-    raise OuroborosError(f"repack must be one of auto, on, off; got {repack!r}")
+    raise OuroborosError(f"repack must be one of auto, on, off, avx2; got {repack!r}")
+
+
+_kept_overrides: list = []
 
 
 def apply_repack_to_llama_cpp_python(repack: str = "auto") -> None:
     """Make llama-cpp-python's own `Llama` (benchmarks and test references; we never use it) load
-    with our repack decision: it has no parameter for use_extra_bufts and crashes where AMX is active."""
+    its models as `Model` loads them on this CPU: it has no parameter for use_extra_bufts (and crashes
+    where AMX is active) nor for our per-file CPU_REPACK overrides (the same kernels, the same logits)."""
     current = llama_cpp.llama_cpp.llama_model_default_params  # what llama_cpp.Llama calls
     defaults = getattr(current, "_ouroboros_original", current)  # (not __wrapped__: the ctypes stub's)
-    extra_buffers = use_extra_buffers(system_info(), repack)
+    current_load = llama_cpp.llama_cpp.llama_model_load_from_file
+    load = getattr(current_load, "_ouroboros_original", current_load)
+    info = system_info()
+    extra_buffers = use_extra_buffers(info, repack)
 
     def model_params():
         params = defaults()
         params.use_extra_bufts = extra_buffers
         return params
 
+    def load_from_file(path_model, params):
+        table = cpu_repack.for_model(os.fsdecode(path_model), info, repack) if params.n_gpu_layers == 0 else None
+        if table is not None and not params.tensor_buft_overrides:
+            _kept_overrides.append(table)  # alive as long as llama.cpp may read the params
+            params.tensor_buft_overrides = ctypes.cast(table, ctypes.c_void_p).value
+        return load(path_model, params)
+
     model_params._ouroboros_original = defaults
+    load_from_file._ouroboros_original = load
     llama_cpp.llama_cpp.llama_model_default_params = model_params
+    llama_cpp.llama_cpp.llama_model_load_from_file = load_from_file
 
 
 def _report_repack_choice(info: str, repack: str) -> None:
@@ -138,7 +154,8 @@ def _report_repack_choice(info: str, repack: str) -> None:
     if repack == "auto" and amx_active(info) and not _repack_reported and os.environ.get("OUROBOROS_LITE_VERBOSE"):
         _repack_reported = True
         print("ouroboros-lite: this CPU uses ggml's AMX kernels, which crash on batched decoding; "
-              "loading models without weight repacking (--no-repack; --repack forces it)", file=sys.stderr)
+              "loading models without weight repacking (--repack-avx2: the AVX2 repack without AMX; "
+              "--repack forces AMX)", file=sys.stderr)
 
 
 def gpu_backend() -> str | None:
@@ -202,6 +219,11 @@ class Model:
         self.rpc_servers = tuple(rpc_servers)
         info = system_info()
         params.use_extra_bufts = use_extra_buffers(info, repack)
+        self._overrides = None  # kept alive while llama.cpp loads
+        if not rpc_servers and gpu_layers == 0:
+            self._overrides = cpu_repack.for_model(self.path, info, repack)
+            if self._overrides is not None:
+                params.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p).value
         _report_repack_choice(info, repack)
         _log_lines.clear()
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)

@@ -16,6 +16,7 @@ import re
 import struct
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import ModelFileError
 
@@ -32,11 +33,28 @@ class _Malformed(Exception):
     pass
 
 
+class TensorInfo(NamedTuple):
+    name: str
+    shape: tuple[int, ...]  # ggml's ne order: shape[0] is the row length
+    type: int  # enum ggml_type (gguf.GGMLQuantizationType)
+
+
 def read_header(path: str | os.PathLike) -> tuple[dict, list[str]] | None:
     """(metadata, tensor names) of a GGUF file, or None where the header does not parse.
 
     Metadata holds scalars, strings and numeric arrays of up to 4096 values as tuples; longer
     arrays and arrays of strings (the vocabulary) map to None."""
+    header = _read(path)
+    return None if header is None else (header[0], [tensor.name for tensor in header[1]])
+
+
+def tensors(path: str | os.PathLike) -> list[TensorInfo]:
+    """Name, shape and type of every tensor in a GGUF file ([] where the header does not parse)."""
+    header = _read(path)
+    return [] if header is None else header[1]
+
+
+def _read(path: str | os.PathLike) -> tuple[dict, list[TensorInfo]] | None:
     with open(path, "rb") as f:
         try:
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -58,7 +76,7 @@ def block_count(path: str | os.PathLike) -> int | None:
     return _int(meta.get(f"{meta.get('general.architecture')}.block_count"))
 
 
-def _parse(buf) -> tuple[dict, list[str]]:
+def _parse(buf) -> tuple[dict, list[TensorInfo]]:
     magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", buf, 0)
     if magic != b"GGUF" or version < 2 or n_kv > len(buf) // 12 or n_tensors > len(buf) // 24:
         raise _Malformed
@@ -67,15 +85,19 @@ def _parse(buf) -> tuple[dict, list[str]]:
         key, pos = _string(buf, pos)
         (kind,) = struct.unpack_from("<I", buf, pos)
         meta[key], pos = _value(buf, pos + 4, kind)
-    names = []
+    infos = []
     for _ in range(n_tensors):
         name, pos = _string(buf, pos)
         (n_dims,) = struct.unpack_from("<I", buf, pos)
+        if n_dims > 8:
+            raise _Malformed
+        shape = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
+        (kind,) = struct.unpack_from("<I", buf, pos + 4 + 8 * n_dims)
         pos += 4 + 8 * n_dims + 4 + 8  # dimensions, type, offset
-        names.append(name)
+        infos.append(TensorInfo(name, shape, kind))
     if pos > len(buf):
         raise _Malformed
-    return meta, names
+    return meta, infos
 
 
 def _string(buf, pos: int) -> tuple[str, int]:

@@ -145,6 +145,11 @@ def _library() -> _Ggml:
     return _ggml
 
 
+def ggml_library(name: str = "ggml") -> ctypes.CDLL:
+    """llama-cpp-python's own lib<name> ("ggml", "ggml-base"), the copy this process already mapped."""
+    return _library().lib if name == "ggml" else ctypes.CDLL(str(_mapped_library(name)))
+
+
 def supported() -> bool:
     """Whether this llama-cpp-python was built with the RPC backend (CMAKE_ARGS=-DGGML_RPC=on)."""
     return bool(llama_cpp.llama_supports_rpc())

@@ -50,7 +50,7 @@ def test_unknown_setting_is_a_clear_error(setting):
 def test_every_setting_the_config_accepts_is_one_the_backend_takes():
     from ouroboros_lite.config import CHOICES
 
-    assert [use_extra_buffers(AVX2_EPYC, s) for s in CHOICES["repack"]] == [True, True, False]
+    assert [use_extra_buffers(AVX2_EPYC, s) for s in CHOICES["repack"]] == [True, True, False, False]
 
 
 def test_this_machine_decides_from_its_own_system_info():
@@ -67,7 +67,10 @@ def test_setting_comes_from_file_environment_and_flags(tmp_path):
     assert resolve({}, env={"OUROBOROS_LITE_REPACK": "on"}, path=cfg)["repack"] == "on"
     assert resolve({"repack": "auto"}, env={"OUROBOROS_LITE_REPACK": "on"}, path=cfg)["repack"] == "auto"
     cfg.write_text('repack = "maybe"\n')
-    with pytest.raises(OuroborosError, match="repack must be one of auto, on, off; got 'maybe'"):
+    cfg.write_text('repack = "avx2"\n')
+    assert resolve({}, env={}, path=cfg)["repack"] == "avx2"
+    cfg.write_text('repack = "maybe"\n')
+    with pytest.raises(OuroborosError, match="repack must be one of auto, on, off, avx2; got 'maybe'"):
         resolve({}, env={}, path=cfg)
 
 
@@ -79,6 +82,7 @@ def test_cli_flags_map_to_the_setting():
     assert parser.parse_args(["generate", "--repack"]).repack == "on"
     assert parser.parse_args(["generate", "--no-repack"]).repack == "off"
     assert parser.parse_args(["chat", "-nr"]).repack == "off"
+    assert parser.parse_args(["serve", "--repack-avx2"]).repack == "avx2"
 
 
 def test_the_setting_reaches_llama_cpp(gemma_path, monkeypatch):
@@ -95,3 +99,78 @@ def test_the_setting_reaches_llama_cpp(gemma_path, monkeypatch):
     on = buffers("on")
     if "AVX2 = 1" in backend.system_info() or "NEON = 1" in backend.system_info():
         assert "CPU_REPACK" in on or "AMX" in on, on
+    if amx_active(backend.system_info()):  # auto: nothing; avx2: CPU_REPACK by overrides, never AMX
+        auto, avx2 = buffers("auto"), buffers("avx2")
+        assert "REPACK" not in auto and "AMX" not in auto, auto
+        assert "CPU_REPACK" in avx2 and "AMX" not in avx2, avx2
+
+
+# --- CPU_REPACK without the AMX buffer (cpu_repack.py) ----------------------------------------------
+
+@pytest.mark.parametrize(("info", "setting", "expected"), [
+    (AMX_XEON, "avx2", True), (AMX_XEON, "auto", False), (AMX_XEON, "on", False), (AMX_XEON, "off", False),
+    (CUDA_ON_AMX, "avx2", True), (AVX2_EPYC, "avx2", True), (AVX2_EPYC, "auto", False),
+    (APPLE_M, "avx2", False), ("", "avx2", False),
+    (AMX_XEON.replace("REPACK = 1", "REPACK = 0"), "avx2", False),
+])
+def test_avx2_repack_is_opt_in_and_keeps_the_amx_buffer_off(info, setting, expected):
+    from ouroboros_lite import cpu_repack
+
+    assert cpu_repack.applies(info, setting) is expected
+    if expected:  # the AMX buffer itself stays off
+        assert use_extra_buffers(info, setting) is False
+
+
+def test_override_patterns_name_exactly_the_repackable_tensors():
+    import re
+
+    from ouroboros_lite.cpu_repack import patterns
+
+    chosen = ["blk.0.ffn_up.weight", "blk.1.ffn_up.weight", "blk.11.ffn_up.weight", "blk.3.attn_v.weight"]
+    others = ["blk.2.ffn_up.weight", "blk.1.ffn_up.weight.extra", "xblk.0.ffn_up.weight", "blk.0.attn_v.weight",
+              "blk.10.ffn_up.weight", "blk.1.ffn_upXweight", "token_embd.weight", "blk.33.attn_v.weight"]
+    compiled = [re.compile(p) for p in patterns(chosen)]
+    assert len(compiled) == 2  # one per weight kind, not one per tensor
+    assert all(any(p.search(name) for p in compiled) for name in chosen)
+    assert not any(p.search(name) for p in compiled for name in others)
+
+
+def test_tensor_table_matches_the_gguf_reference_reader(draft_path, gemma_path):
+    import gguf
+
+    from ouroboros_lite import cpu_repack, gguf_meta
+
+    reference = gguf.GGUFReader(str(draft_path)).tensors  # (slow on Gemma's 262k-token vocabulary)
+    assert [(t.name, t.shape, t.type) for t in gguf_meta.tensors(draft_path)] == [
+        (t.name, tuple(int(n) for n in t.shape), int(t.tensor_type)) for t in reference]
+    assert cpu_repack.repackable_tensors(draft_path) == []  # Q4_1: no x86 repack layout
+    ours = gguf_meta.tensors(gemma_path)
+    repackable = cpu_repack.repackable_tensors(gemma_path)
+    assert repackable and "token_embd.weight" not in repackable
+    assert all(t.type == int(gguf.GGMLQuantizationType.Q4_K) and t.shape[1] % 8 == 0
+               for t in ours if t.name in set(repackable))
+
+
+def test_llama_cpp_pythons_llama_loads_the_weights_where_ours_does(gemma_path, monkeypatch):
+    """The test references and benchmarks that use llama-cpp-python's `Llama` get our buffers (so the
+    same kernels and the same logits): on an AMX CPU that is CPU_REPACK through the tensor overrides."""
+    from collections import deque
+
+    import llama_cpp
+
+    def buffers(load) -> list[str]:
+        monkeypatch.setattr(backend, "_log_lines", deque(maxlen=100_000))
+        load()
+        return sorted(line.split("model buffer size")[0].split(":")[-1].strip()
+                      for line in backend._log_lines if "model buffer size" in line)
+
+    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", llama_cpp.llama_cpp.llama_model_default_params)
+    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_load_from_file", llama_cpp.llama_cpp.llama_model_load_from_file)
+    setting = "avx2" if "AVX2 = 1" in backend.system_info() else "auto"
+    backend.apply_repack_to_llama_cpp_python(setting)
+    backend.apply_repack_to_llama_cpp_python(setting)  # idempotent: wraps the originals, not itself
+    ours = buffers(lambda: backend.Model(gemma_path, repack=setting).close())
+    theirs = buffers(lambda: llama_cpp.Llama(model_path=str(gemma_path), n_ctx=64, verbose=True).close())
+    assert ours == theirs, (ours, theirs)
+    if setting == "avx2":
+        assert "CPU_REPACK" in theirs
