@@ -120,6 +120,18 @@ def use_extra_buffers(info: str, repack: str = "auto") -> bool:
 _kept_overrides: list = []
 
 
+def _set_cpu_overrides(params, path, info: str, repack: str):
+    """Put cpu_repack's tensor overrides for `path` into llama_model_params where the model runs on
+    this CPU only (no GPU or RPC layers) and none are set; returns the array, which the caller keeps
+    alive, or None."""
+    if params.n_gpu_layers != 0 or params.tensor_buft_overrides:
+        return None
+    table = cpu_repack.for_model(path, info, repack)
+    if table is not None:
+        params.tensor_buft_overrides = ctypes.cast(table, ctypes.c_void_p).value
+    return table
+
+
 def apply_repack_to_llama_cpp_python(repack: str = "auto") -> None:
     """Make llama-cpp-python's own `Llama` (benchmarks and test references; we never use it) load
     its models as `Model` loads them on this CPU: it has no parameter for use_extra_bufts (and crashes
@@ -137,10 +149,9 @@ def apply_repack_to_llama_cpp_python(repack: str = "auto") -> None:
         return params
 
     def load_from_file(path_model, params):
-        table = cpu_repack.for_model(os.fsdecode(path_model), info, repack) if params.n_gpu_layers == 0 else None
-        if table is not None and not params.tensor_buft_overrides:
+        table = _set_cpu_overrides(params, os.fsdecode(path_model), info, repack)
+        if table is not None:
             _kept_overrides.append(table)  # alive as long as llama.cpp may read the params
-            params.tensor_buft_overrides = ctypes.cast(table, ctypes.c_void_p).value
         return load(path_model, params)
 
     model_params._ouroboros_original = defaults
@@ -219,11 +230,7 @@ class Model:
         self.rpc_servers = tuple(rpc_servers)
         info = system_info()
         params.use_extra_bufts = use_extra_buffers(info, repack)
-        self._overrides = None  # kept alive while llama.cpp loads
-        if not rpc_servers and gpu_layers == 0:
-            self._overrides = cpu_repack.for_model(self.path, info, repack)
-            if self._overrides is not None:
-                params.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p).value
+        self._overrides = _set_cpu_overrides(params, self.path, info, repack)  # kept alive while llama.cpp loads
         _report_repack_choice(info, repack)
         _log_lines.clear()
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)

@@ -77,7 +77,6 @@ def for_model(path: str | Path, info: str, repack: str) -> ctypes.Array | None:
 def buffer_type(name: str = BUFFER_NAME) -> int | None:
     """ggml's extra CPU buffer type of that name ("CPU_REPACK", "AMX"), or None if this build has none."""
     ggml, base = rpc.ggml_library(), rpc.ggml_library("ggml-base")
-    ggml.ggml_backend_dev_by_type.restype, ggml.ggml_backend_dev_by_type.argtypes = ctypes.c_void_p, [ctypes.c_int]
     base.ggml_backend_buft_name.restype, base.ggml_backend_buft_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
     cpu = ggml.ggml_backend_reg_by_name(b"CPU")
     address = ggml.ggml_backend_reg_get_proc_address(cpu, b"ggml_backend_dev_get_extra_bufts") if cpu else None

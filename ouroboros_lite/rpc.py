@@ -107,7 +107,8 @@ class _Ggml:
                 ("ggml_backend_register", None, [p]), ("ggml_backend_reg_dev_count", i, [p]),
                 ("ggml_backend_reg_dev_get", p, [p, i]), ("ggml_backend_reg_name", s, [p]),
                 ("ggml_backend_dev_count", i, []), ("ggml_backend_dev_get", p, [i]),
-                ("ggml_backend_dev_type", ctypes.c_int, [p]), ("ggml_backend_dev_backend_reg", p, [p])):
+                ("ggml_backend_dev_type", ctypes.c_int, [p]), ("ggml_backend_dev_backend_reg", p, [p]),
+                ("ggml_backend_dev_by_type", p, [ctypes.c_int])):
             function = getattr(lib, name)
             function.restype, function.argtypes = restype, argtypes
         self.lib = lib

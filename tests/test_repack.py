@@ -66,7 +66,6 @@ def test_setting_comes_from_file_environment_and_flags(tmp_path):
     assert resolve({}, env={}, path=cfg)["repack"] == "off"
     assert resolve({}, env={"OUROBOROS_LITE_REPACK": "on"}, path=cfg)["repack"] == "on"
     assert resolve({"repack": "auto"}, env={"OUROBOROS_LITE_REPACK": "on"}, path=cfg)["repack"] == "auto"
-    cfg.write_text('repack = "maybe"\n')
     cfg.write_text('repack = "avx2"\n')
     assert resolve({}, env={}, path=cfg)["repack"] == "avx2"
     cfg.write_text('repack = "maybe"\n')
@@ -153,7 +152,7 @@ def test_tensor_table_matches_the_gguf_reference_reader(draft_path, gemma_path):
 
 def test_llama_cpp_pythons_llama_loads_the_weights_where_ours_does(gemma_path, monkeypatch):
     """The test references and benchmarks that use llama-cpp-python's `Llama` get our buffers (so the
-    same kernels and the same logits): on an AMX CPU that is CPU_REPACK through the tensor overrides."""
+    same kernels and the same logits), the per-file tensor overrides of "avx2" included."""
     from collections import deque
 
     import llama_cpp
