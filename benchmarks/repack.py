@@ -5,9 +5,10 @@ tree verification pays, with the CPU repack this machine can run and with none (
 
 The two runtimes load the same file and alternate prompt by prompt, and the points of the two batch
 curves (one forward of k tokens, every row's logits, as a tree verification asks) are measured in
-alternating order, so machine noise hits both. The repack is "on" (llama.cpp's extra buffers) except
-where ggml's AMX path is active: it crashes batched decoding there, so the script measures "avx2"
-(the Q4_0/Q4_K weights in CPU_REPACK without the AMX buffer, cpu_repack.py) instead.
+alternating order, so machine noise hits both. The repack measured is what auto loads as here
+(backend.cpu_weight_setting): "on" (llama.cpp's extra buffers) on most CPUs; "amx" (Q4_K weights in
+the AMX buffer) on AMX CPUs whose build's AMX kernels work; where they crash (GCC 12 builds), "avx2"
+(the Q4_0/Q4_K weights in CPU_REPACK without the AMX buffer, cpu_repack.py). --setting picks another.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from draft_limits import (  # benchmarks/ is this script's path
     print_curve,
 )
 
-from ouroboros_lite.backend import amx_active, system_info, use_extra_buffers
+from ouroboros_lite.backend import cpu_weight_setting, system_info
 from ouroboros_lite.bench import default_prompts, load_prompts
 from ouroboros_lite.catalog import resolve_model
 from ouroboros_lite.runtime import Runtime, RuntimeOptions
@@ -34,11 +35,15 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=64)
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats of the batch curves (7)")
+    parser.add_argument("--setting", choices=("on", "avx2", "amx"),
+                        help="the repack to measure against off (default: auto's choice here, avx2 where "
+                             "that is off)")
     args = parser.parse_args()
     info = system_info()
     path = resolve_model(args.model)
     prompts = [p for _, p in load_prompts(default_prompts(), args.prompts)]
-    repacked = "avx2" if amx_active(info) else "on"
+    auto = cpu_weight_setting(info, "auto")
+    repacked = args.setting or ("avx2" if auto == "off" else auto)
     runtimes = {setting: Runtime(path, options=RuntimeOptions(threads=args.threads, repack=setting))
                 for setting in (repacked, "off")}
     speeds = {setting: {"prompt": [], "generation": []} for setting in runtimes}
@@ -57,7 +62,7 @@ def main() -> None:
     for runtime in runtimes.values():
         runtime.close()
     print(f"{path.name}, {args.threads} threads, {len(prompts)} prompts x {args.n} tokens "
-          f"(auto = {'on' if use_extra_buffers(info, 'auto') else 'off'} here)")
+          f"(auto = {auto} here)")
     print(f"{'repack':7s} {'prompt tok/s':>13s} {'gen tok/s':>10s}")
     for setting, s in speeds.items():
         print(f"{setting:7s} {statistics.median(s['prompt']):13.1f} {statistics.median(s['generation']):10.2f}")

@@ -72,13 +72,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-b", "--batch-size", type=positive_int, default=None,
                         help="tokens per llama.cpp batch for prompts (default: 512; at least 49, a tree's size)")
     parser.add_argument("--repack", dest="repack", action="store_const", const="on", default=None,
-                        help="repack weights for the CPU's kernels, AMX's included (default: auto: on, but off "
-                             "where ggml's AMX path is active: its batched decoding crashes)")
+                        help="repack weights for the CPU's kernels, all of them into AMX where it is active "
+                             "(default: auto: on; on AMX CPUs Q4_K weights in AMX, or none where its kernels crash)")
     parser.add_argument("-nr", "--no-repack", dest="repack", action="store_const", const="off",
                         help="load weights as stored (llama.cpp's --no-repack)")
     parser.add_argument("--repack-avx2", dest="repack", action="store_const", const="avx2",
                         help="on AMX CPUs: Q4_0/Q4_K weights in ggml's AVX2 repack, not the AMX buffer (cheaper "
                              "batches of 4-8 tokens, dearer single tokens; benchmarks/repack.py measures it)")
+    parser.add_argument("--repack-amx", dest="repack", action="store_const", const="amx",
+                        help="on AMX CPUs: only the Q4_K matrix weights in ggml's AMX buffer (auto's choice where "
+                             "this build's AMX kernels work)")
     parser.add_argument("--rpc", default=None, metavar="HOST:PORT[,...]",
                         help="run the target's layers on these ggml-rpc-server processes (llama.cpp's --rpc; "
                              "unauthenticated: loopback or a trusted network only)")

@@ -103,18 +103,35 @@ def amx_active(info: str) -> bool:
     return "AMX_INT8 = 1" in info
 
 
-def use_extra_buffers(info: str, repack: str = "auto") -> bool:
-    """llama_model_params.use_extra_bufts for a repack setting ("auto", "on", "off", "avx2").
+def cpu_weight_setting(info: str, repack: str = "auto") -> str:
+    """What a repack setting ("auto", "on", "off", "avx2", "amx") loads weights as on this CPU and
+    build (`info`: llama.cpp's system info): "on", "off", "avx2" or "amx".
 
-    The extra buffer types are ggml's weight repacking for the CPU: it speeds Q4_0/Q4_K on AVX2 and
-    ARM, but where the AMX buffer is active every batch of 2+ tokens segfaults inside
-    ggml_backend_amx_mul_mat (llama.cpp #20824), so "auto" turns it off exactly there, like
-    llama.cpp's --no-repack. "avx2" is off too: cpu_repack.py then names the tensors for CPU_REPACK."""
+    "on" is llama.cpp's default, every extra CPU buffer (use_extra_bufts): ggml's repack speeds
+    Q4_0/Q4_K on AVX2 and ARM. Where the AMX buffer is active, "auto" puts only the Q4_K matrix
+    weights into it (cpu_repack.py: the rest is slower there), if this build's AMX kernels work;
+    builds from GCC 12 crash in them (amx_probe.py), and there "auto" loads as stored, like llama.cpp's
+    --no-repack, while "on" and "amx" are refused with a one-line error instead of a segfault."""
+    if repack not in ("auto", "on", "off", "avx2", "amx"):  # config.REPACK_SETTINGS
+        raise OuroborosError(f"repack must be one of auto, on, off, avx2, amx; got {repack!r}")
+    if repack in ("off", "avx2") or not amx_active(info):
+        return "on" if repack == "auto" else ("off" if repack == "amx" else repack)
+    # imported only where AMX is active: the probe runs a child process, once per llama.cpp build
+    from . import amx_probe
+
+    if amx_probe.amx_works():
+        return "amx" if repack == "auto" else repack
     if repack == "auto":
-        return not amx_active(info)
-    if repack in ("on", "off", "avx2"):  # config.REPACK_SETTINGS, checked there for files, env and flags
-        return repack == "on"
-    raise OuroborosError(f"repack must be one of auto, on, off, avx2; got {repack!r}")
+        return "off"
+    raise OuroborosError(f"repack {repack!r} would crash here: this llama-cpp-python build's AMX kernels do "
+                         "not work (GCC 12 miscompiles them); rebuild it with `python -m "
+                         "ouroboros_lite.llamacpp_tools wheel DIR` (README: AMX), or use auto")
+
+
+def use_extra_buffers(info: str, repack: str = "auto") -> bool:
+    """llama_model_params.use_extra_bufts for a repack setting: only "on" turns all of ggml's extra CPU
+    buffers on; "avx2" and "amx" name their tensors for one buffer by overrides (cpu_repack.py)."""
+    return cpu_weight_setting(info, repack) == "on"
 
 
 _kept_overrides: list = []
@@ -126,7 +143,7 @@ def _set_cpu_overrides(params, path, info: str, repack: str):
     alive, or None."""
     if params.n_gpu_layers != 0 or params.tensor_buft_overrides:
         return None
-    table = cpu_repack.for_model(path, info, repack)
+    table = cpu_repack.for_model(path, info, cpu_weight_setting(info, repack))
     if table is not None:
         params.tensor_buft_overrides = ctypes.cast(table, ctypes.c_void_p).value
     return table
@@ -164,9 +181,12 @@ def _report_repack_choice(info: str, repack: str) -> None:
     global _repack_reported
     if repack == "auto" and amx_active(info) and not _repack_reported and os.environ.get("OUROBOROS_LITE_VERBOSE"):
         _repack_reported = True
-        print("ouroboros-lite: this CPU uses ggml's AMX kernels, which crash on batched decoding; "
-              "loading models without weight repacking (--repack-avx2: the AVX2 repack without AMX; "
-              "--repack forces AMX)", file=sys.stderr)
+        if cpu_weight_setting(info, repack) == "amx":
+            print("ouroboros-lite: this CPU has AMX and this build's AMX kernels work: Q4_K matrix weights "
+                  "load into ggml's AMX buffer, the rest as stored", file=sys.stderr)
+        else:
+            print("ouroboros-lite: this CPU has AMX, but this build's AMX kernels crash (GCC 12; README: "
+                  "AMX): loading models without weight repacking", file=sys.stderr)
 
 
 def gpu_backend() -> str | None:

@@ -31,7 +31,7 @@ from .errors import OuroborosError
 CONFIG_ENV = "OUROBOROS_LITE_CONFIG"
 ENV_PREFIX = "OUROBOROS_LITE_"
 METHODS = tuple(_REGISTRY)  # the decoding methods (drafters/__init__.py registers them)
-REPACK_SETTINGS = ("auto", "on", "off", "avx2")  # CPU weight repacking (llama.cpp's --repack/--no-repack)
+REPACK_SETTINGS = ("auto", "on", "off", "avx2", "amx")  # CPU weight repacking (llama.cpp's --repack/--no-repack)
 
 
 class Setting(NamedTuple):
@@ -72,7 +72,7 @@ SETTINGS: dict[str, Setting] = {
     "max_target_nodes": Setting(int, None, "largest tree per target forward"),
     "max_draft": Setting(int, None, "longest draft chain (gamma's cap)"),
     "warm_pool": Setting(bool, True, "keep the phrase pool across runs"),
-    "repack": Setting(str, "auto", "CPU weight repacking: auto (off where ggml's AMX kernels would crash), on, off, avx2 (CPU_REPACK without AMX)"),
+    "repack": Setting(str, "auto", "CPU weight repacking: auto (on; on AMX CPUs Q4_K weights in AMX, or off where its kernels crash), on, off, avx2 (CPU_REPACK without AMX), amx (Q4_K weights in AMX)"),
     "rpc": Setting(str, None, "ggml-rpc-server HOST:PORT[,HOST:PORT...] that hold the target's layers (llama.cpp's --rpc)"),
     "draft_rpc": Setting(str, None, "ggml-rpc-server HOST:PORT[,...] for the draft (None = the draft runs here)"),
     "host": Setting(str, "127.0.0.1", "address `serve` listens on (loopback: this machine only)"),

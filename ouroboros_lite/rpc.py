@@ -100,7 +100,7 @@ class _Ggml:
     """The few ggml backend-registry calls we need, from the libggml llama-cpp-python already mapped."""
 
     def __init__(self):
-        lib = ctypes.CDLL(str(_mapped_library("ggml")))
+        lib = ctypes.CDLL(str(mapped_library("ggml")))
         p, s, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
         for name, restype, argtypes in (
                 ("ggml_backend_reg_by_name", p, [s]), ("ggml_backend_reg_get_proc_address", p, [p, s]),
@@ -114,7 +114,7 @@ class _Ggml:
         self.lib = lib
 
 
-def _mapped_library(name: str) -> Path:
+def mapped_library(name: str) -> Path:
     """The file of llama-cpp-python's lib<name> that this process already mapped. Its wheel holds
     copies, not links (libggml.so, libggml.so.0, ...): opening another copy would give a second ggml
     with a registry and an abort callback of its own."""
@@ -148,7 +148,7 @@ def _library() -> _Ggml:
 
 def ggml_library(name: str = "ggml") -> ctypes.CDLL:
     """llama-cpp-python's own lib<name> ("ggml", "ggml-base"), the copy this process already mapped."""
-    return _library().lib if name == "ggml" else ctypes.CDLL(str(_mapped_library(name)))
+    return _library().lib if name == "ggml" else ctypes.CDLL(str(mapped_library(name)))
 
 
 def supported() -> bool:
@@ -231,7 +231,7 @@ def install_abort_message() -> None:
         os.write(2, f"ouroboros-lite: llama.cpp stopped: {text} (RPC servers: {servers})\n".encode())
         os._exit(EXIT_RPC_LOST)
 
-    lib = ctypes.CDLL(str(_mapped_library("ggml-base")))
+    lib = ctypes.CDLL(str(mapped_library("ggml-base")))
     lib.ggml_set_abort_callback.restype = ctypes.c_void_p
     lib.ggml_set_abort_callback.argtypes = [ctypes.c_void_p]
     lib.ggml_set_abort_callback(ctypes.cast(on_abort, ctypes.c_void_p))

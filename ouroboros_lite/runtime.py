@@ -35,7 +35,7 @@ class RuntimeOptions:
     max_tree_paths: int = 16  # root-to-leaf paths (sequence ids) per tree
     flash_attn: bool | None = None  # None: llama.cpp decides (on for CPU)
     kv_type: str = "f16"  # "f32" halves KV rounding noise for exactness checks, doubles its memory
-    repack: str = "auto"  # CPU weight repacking: "auto" (off where ggml's AMX path is active), "on", "off"
+    repack: str = "auto"  # CPU weight repacking: "auto", "on", "off", "avx2", "amx" (backend.cpu_weight_setting)
     # llama.cpp's --rpc: "host:port,..." of ggml-rpc-server processes holding the target's layers;
     # the draft stays local unless draft_rpc names servers for it (local is what makes speculation pay)
     rpc: str | None = None
