@@ -16,13 +16,23 @@ class FakeDrafter:
     runs_draft_model = True
     draft_forwards = draft_tokens = 0
 
-    def __init__(self, copy_available=False):
+    def __init__(self, copy_available=False, prompt_seconds=0.0):
         self.pool = object()
         self.copy_available = copy_available
         self.observed = 0
+        self.prompt_seconds = prompt_seconds  # what the draft's prompt prefill costs
+        self.prompt_prefills = 0
+        self._prompt_pending = False
+
+    def draft_prompt_seconds(self):
+        return self.prompt_seconds if self._prompt_pending else 0.0
+
+    def prefill_draft_prompt(self):
+        self.prompt_prefills += self._prompt_pending
+        self._prompt_pending = False
 
     def begin(self, prompt, sampler=None):
-        pass
+        self._prompt_pending = True
 
     def propose(self, history, budget, *, draft_model=True):
         if self.copy_available:
@@ -104,6 +114,34 @@ def test_free_guesses_that_do_not_pay_become_plain_steps(monkeypatch):
     assert chosen[50:].count("free") < 25
     # the inner drafter hears only about the trees it proposed and that were sent
     assert inner.observed == chosen.count("free")
+
+
+def generations(gate, count, cycles, cost, monkeypatch):
+    """`count` generations of `cycles` cycles each; the draft arm's cycles in each."""
+    return [run(gate, cycles, cost, monkeypatch).count("draft") for _ in range(count)]
+
+
+def test_the_drafts_prompt_is_prefilled_only_in_generations_that_draft(monkeypatch):
+    """A losing draft is retried rarely; a generation without a retry never prefills the draft."""
+    inner = FakeDrafter()
+    drafted = generations(AdaptiveDrafter(inner), 20, 30, lambda arm: (3.0, 1) if arm == "draft" else (1.0, 1),
+                          monkeypatch)
+    assert inner.prompt_prefills == sum(1 for n in drafted if n) < 20
+
+
+def test_the_prompt_prefill_is_charged_to_the_draft_arms_retry_budget(monkeypatch):
+    """Retrying a loser costs its cycle and, once per generation, the draft's prompt prefill: a dear
+    prefill (here 50 plain steps) makes retries rarer, keeping them within the overhead budget."""
+    def cost(arm):
+        return (3.0, 1) if arm == "draft" else (1.0, 1)
+
+    cheap = FakeDrafter(prompt_seconds=0.0)
+    dear = FakeDrafter(prompt_seconds=50.0)
+    generations(AdaptiveDrafter(cheap), 40, 100, cost, monkeypatch)
+    generations(AdaptiveDrafter(dear), 40, 100, cost, monkeypatch)
+    assert 1 <= dear.prompt_prefills < cheap.prompt_prefills / 3
+    # its retries' prefills stay near the 2 % budget of the 4,000 plain steps' time
+    assert dear.prompt_prefills * 50.0 <= 0.05 * 4000
 
 
 @pytest.mark.parametrize("budget", [0])

@@ -15,7 +15,8 @@ on a time budget: once the wall time since its last retry is 1/`probe_overhead` 
 cycles loses against plain steps (its seconds minus the time plain steps take for its tokens), so
 retries cost about `probe_overhead` (2 %) of the time however badly the arm loses: a cheap loser is
 retried often, an expensive one (a 6-step tree on a CPU whose batches cost nearly a step per token)
-rarely. A retry's cycle replaces the arm's estimate instead of joining its running mean (what it
+rarely. The draft's prompt is prefilled only when the draft first runs in a generation, outside
+any cycle's time; its cost joins the draft arm's retry budget. A retry's cycle replaces the arm's estimate instead of joining its running mean (what it
 measured before is stale), so one winning retry turns the arm back on. Plain is re-measured every `probe_every` cycles, so each estimate stays current and
 speculation comes back when the text turns predictable. The choice never changes the
 output: every tree is verified by the target, so the text is ar's (acceptance.py).
@@ -112,7 +113,9 @@ class AdaptiveDrafter:
         tree = TokenTree()
         self._inner_proposed = False
         if budget > 0 and not self._plain_is_due():
-            if self.runs_draft_model and self._worth("draft"):
+            if self.runs_draft_model and self._worth("draft", self.inner.draft_prompt_seconds()):
+                self.inner.prefill_draft_prompt()  # like the target's prefill, no cycle's cost
+                now = time.perf_counter()
                 tree = self.inner.propose(history, budget)
             elif self.runs_draft_model:
                 tree = self.inner.propose(history, budget, draft_model=False)
@@ -158,13 +161,16 @@ class AdaptiveDrafter:
             return True
         return False
 
-    def _worth(self, name: str) -> bool:
-        """Whether to spend this cycle on arm `name`: unmeasured, as fast as plain, or due a retry."""
+    def _worth(self, name: str, switch_seconds: float = 0.0) -> bool:
+        """Whether to spend this cycle on arm `name`: unmeasured, as fast as plain, or due a retry.
+        switch_seconds: what taking the arm costs once before its cycle (the draft's prompt prefill),
+        charged to a retry's budget."""
         arm, plain = self.arms[name], self.arms["plain"]
         if arm.cycles < self.min_samples or plain.cycles < self.min_samples or arm.rate >= plain.rate:
             arm.since_retry = 0.0
             return True
-        loss = max(arm.seconds - arm.tokens / plain.rate, 0.0)  # what one more cycle of it should cost
+        # what one more cycle of it should cost, and the switch
+        loss = max(arm.seconds - arm.tokens / plain.rate, 0.0) + switch_seconds
         if arm.since_retry * self.probe_overhead >= loss:  # a retry, within the overhead budget
             arm.since_retry = 0.0
             self._retrying = name

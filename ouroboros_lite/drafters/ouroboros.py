@@ -78,7 +78,8 @@ class OuroborosDrafter:
 
     # --- lifecycle --------------------------------------------------------------------------------
     def begin(self, prompt: list[int], sampler=None) -> None:
-        """Prefill the draft with the prompt but its last token, reusing the prefix its KV holds.
+        """Ready the draft for the prompt, reusing the prefix its KV holds (the rest is prefilled
+        when it first drafts).
 
         When the target samples, the draft samples with the same keyed uniforms (coupled
         sampling, acceptance.py rule 1): its tokens stay a function of the prefix and the seed,
@@ -100,6 +101,13 @@ class OuroborosDrafter:
 
     def close(self) -> None:
         self.draft.close()
+
+    def draft_prompt_seconds(self) -> float:
+        """What the draft's prompt prefill, still to come this generation, should cost."""
+        return self.draft.pending_prompt_seconds()
+
+    def prefill_draft_prompt(self) -> None:
+        self.draft.prefill_prompt()
 
     # --- 1 draft ------------------------------------------------------------------------------------
     def _draft(self, history: list[int], length: int) -> list[int]:
