@@ -2,7 +2,8 @@
 
 Its KV cache holds the accepted text, less the newest tokens (which `catch_up` feeds in one batch
 before the next draft), plus whatever the last draft decoded past it (which `keep` drops after each
-verification). The verifier's `cached` tokens are the one record of what it holds.
+verification). Until the first draft of a generation it may hold only part of the prompt
+(`prefill_prompt` feeds the rest then). The verifier's `cached` tokens are the one record of what it holds.
 """
 
 from __future__ import annotations
