@@ -71,7 +71,7 @@ def _ggml_base() -> ctypes.CDLL:
             ("ggml_init", p, [_InitParams]), ("ggml_free", None, [p]),
             ("ggml_new_tensor_2d", p, [p, i, ctypes.c_int64, ctypes.c_int64]),
             ("ggml_mul_mat", p, [p, p, p]), ("ggml_new_graph", p, [p]),
-            ("ggml_build_forward_expand", None, [p, p]), ("ggml_nbytes", z, [p]),
+            ("ggml_build_forward_expand", None, [p, p]),
             ("ggml_backend_buft_get_alloc_size", z, [p, p]), ("ggml_backend_buft_alloc_buffer", p, [p, z]),
             ("ggml_backend_buffer_get_base", p, [p]), ("ggml_backend_buffer_free", None, [p]),
             ("ggml_backend_tensor_alloc", i, [p, p, p]), ("ggml_backend_tensor_set", None, [p, p, z, z]),

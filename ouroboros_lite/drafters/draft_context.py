@@ -24,7 +24,7 @@ class DraftContext:
                                flash_attn=flash_attn, kv_type=kv_type)
         self.verifier = TreeVerifier(self.context, max_nodes=max_nodes, max_paths=max_paths)
         self.forwards = self.tokens = 0  # draft forwards of this generation and the tokens they processed
-        self._pending_prompt: tuple[list[int], int] = ([], 0)  # (tokens, position) begin left to feed
+        self._prompt: list[int] = []  # the prompt but its last token; what the KV lacks of it is fed on first use
         self._prompt_seconds_per_token = 0.0
 
     @property
@@ -40,22 +40,23 @@ class DraftContext:
         which `prefill_prompt` feeds when the draft is first asked for a draft: a generation whose
         speed gate never drafts never pays for it (on the Qwen pair, 2 CPU cores, the draft's prompt
         prefill cost 12 % of a 128-token HumanEval generation that then took plain steps only)."""
-        keep = self.verifier.reuse_prefix(prompt[:-1], leave_one=False)
-        self._pending_prompt = (prompt[keep:-1], keep)
+        self._prompt = prompt[:-1]
+        self.verifier.reuse_prefix(self._prompt, leave_one=False)
         self.forwards = self.tokens = 0
 
     def pending_prompt_seconds(self) -> float:
         """What `prefill_prompt` would cost now, at the rate its last prefill ran (0 before any)."""
-        return len(self._pending_prompt[0]) * self._prompt_seconds_per_token
+        return max(0, len(self._prompt) - self.n_cached) * self._prompt_seconds_per_token
 
     def prefill_prompt(self) -> None:
-        """Feed the prompt but its last token, once per generation; not counted as drafting."""
-        tokens, pos = self._pending_prompt
-        self._pending_prompt = ([], pos)
-        if tokens:
+        """Feed what the KV lacks of the prompt but its last token; not counted as drafting. Until
+        then nothing else is decoded, and after it the KV only grows past the prompt within a
+        generation, so what it lacks is what it holds short of the prompt's length."""
+        pos = self.n_cached
+        if pos < len(self._prompt):
             started = time.perf_counter()
-            self.verifier.prefill(tokens, pos)
-            self._prompt_seconds_per_token = (time.perf_counter() - started) / len(tokens)
+            self.verifier.prefill(self._prompt[pos:], pos)
+            self._prompt_seconds_per_token = (time.perf_counter() - started) / (len(self._prompt) - pos)
 
     def decode(self, tokens: list[int], pos: int) -> int:
         """Decode tokens at pos.. in one forward; returns the draft's greedy next token."""
