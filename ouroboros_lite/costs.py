@@ -77,18 +77,23 @@ class CurvePoint:
 
 
 MAX_SPREAD = 0.5  # a point whose repeats differ by more than half its median was measured on a busy machine
+# A forward of more tokens may cost a little less than one of fewer where llama.cpp switches kernels (on a
+# 2-core EPYC 16 tokens took 246.7 ms, 12 tokens 259.1 ms, every repeat): a dip up to this share beyond
+# the noise is the machine's; a bigger one (4 tokens at 1/8 of one token's time) is a busy moment.
+MAX_DIP = 0.15
 
 
 def curve_problem(points: dict[int, CurvePoint], max_spread: float = MAX_SPREAD) -> str | None:
     """Why a measured curve cannot be trusted, or None. A forward of more tokens never costs less
-    than one of fewer beyond the noise of the two points; no point may be noisier than max_spread."""
+    than one of fewer beyond the noise of the two points and a kernel switch's dip (MAX_DIP); no point
+    may be noisier than max_spread."""
     noisy = [f"{k} tokens ({point.spread:.0%})" for k, point in sorted(points.items()) if point.spread > max_spread]
     if noisy:
         return f"timings vary too much between repeats at {', '.join(noisy)} (more than {max_spread:.0%})"
     ordered = sorted(points.items())
     for (k0, p0), (k1, p1) in zip(ordered, ordered[1:]):
         noise = max(p0.median * p0.spread, p1.median * p1.spread, 0.02 * p0.median)
-        if p1.median < p0.median - noise:
+        if p1.median < (p0.median - noise) * (1 - MAX_DIP):
             return (f"{k1} tokens measured cheaper than {k0} ({p1.median * 1e3:.1f} ms < {p0.median * 1e3:.1f} ms, "
                     f"noise {noise * 1e3:.1f} ms): the curve is not monotone")
     return None

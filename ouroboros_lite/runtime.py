@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -12,6 +14,7 @@ from . import gguf_meta
 from .backend import DEFAULT_THREADS, ChatMessage, Context, Model, available_cores, deferred_interrupt
 from .catalog import resolve_model
 from . import drafters, local_models, rpc
+from .drafters.adaptive import restore_estimates, saved_estimates
 from .drafters.ouroboros import OuroborosParams
 from .pool import PhrasePool, PoolFileWarning, default_pool_path
 from .errors import OuroborosError
@@ -195,6 +198,18 @@ class Models:
         self.close()
 
 
+def _read_gate_file(path: Path) -> dict:
+    """A saved gate file's entries; {} where there is none or it is not one (never blocks on a FIFO,
+    never reads a huge file)."""
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return {}
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 class Session:
     """One conversation on shared Models: its own target context and KV cache, tree verifier and
     drafters (with their draft contexts), reusing the longest cached prompt prefix turn to turn.
@@ -272,7 +287,8 @@ class Session:
 
     def load_pool(self, path: Path | None = None) -> None:
         """Replace the pool by a saved one; a missing, corrupt or foreign file (another model, tokens
-        outside the vocabulary) gives a warning and a fresh pool."""
+        outside the vocabulary) gives a warning and a fresh pool. The speed gate's estimates saved
+        beside it are restored too (see _gate_file)."""
         path = path or self.pool_path()
         loaded = PhrasePool.load(path, self.pool.phrase_length, self.pool.capacity,
                                  n_vocab=self.target.n_vocab, model_id=self.model_id())
@@ -282,6 +298,7 @@ class Session:
         for key in loaded.keys():
             for phrase in loaded.phrases(key):
                 self.pool.insert(key, phrase)
+        self._load_gate(path)
 
     def save_pool(self, path: Path | None = None) -> Path | None:
         """Save the pool for the next run; where that fails, warn and return None (it is only a cache)."""
@@ -294,7 +311,37 @@ class Session:
             warnings.warn(f"the phrase pool was not saved to {target}: {getattr(exc, 'strerror', None) or exc}",
                           PoolFileWarning, stacklevel=2)
             return None
+        self._save_gate(target)
         return target
+
+    # The speed gate's estimates (drafters/adaptive.py) travel with the pool: a new process of the same
+    # pair, method and settings starts from what the last one measured instead of exploring again.
+    def _gate_file(self, pool_path: Path) -> tuple[Path, str]:
+        o = self.options
+        key = (f"{self.method} threads={o.threads} gpu={o.gpu_layers},{o.draft_gpu_layers} repack={o.repack} "
+               f"rpc={bool(o.rpc)},{bool(o.draft_rpc)}")
+        return pool_path.with_name(pool_path.name + ".gate.json"), key
+
+    def _load_gate(self, pool_path: Path) -> None:
+        arms = self.models.gate(self.method)
+        if arms:  # the method has a speed gate
+            path, key = self._gate_file(pool_path)
+            restore_estimates(arms, _read_gate_file(path).get(key))
+
+    def _save_gate(self, pool_path: Path) -> None:
+        estimates = saved_estimates(self.models.gate(self.method))
+        if not estimates:
+            return
+        path, key = self._gate_file(pool_path)
+        if path.exists() and not path.is_file():
+            return  # a FIFO or a directory there is not ours to replace
+        saved = {**_read_gate_file(path), key: estimates}
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_text(json.dumps(saved, indent=1))
+            os.replace(temporary, path)
+        except OSError:
+            temporary.unlink(missing_ok=True)  # only a cache: the next run measures again
 
     def tokenize_prompt(self, prompt: str, *, chat: bool = False, system: str | None = None) -> list[int]:
         return self.models.tokenize_prompt(prompt, chat=chat, system=system)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -180,3 +181,101 @@ def test_time_between_cycles_is_not_charged_to_them(monkeypatch):
         clock[0] += 5.0  # the other conversations' turn
         chosen.append(arm)
     assert chosen[50:].count("draft") < 10
+
+
+def test_plain_steps_are_measured_before_any_speculation(monkeypatch):
+    gate = AdaptiveDrafter(FakeDrafter(), min_samples=2)
+    chosen = run(gate, 6, lambda arm: (2.0, 4) if arm == "draft" else (1.0, 1), monkeypatch)
+    assert chosen[:2] == ["plain", "plain"] and chosen[2:] == ["draft"] * 4
+
+
+def test_one_cycle_judges_a_tree_that_loses_even_when_all_of_it_is_accepted(monkeypatch):
+    # the fake's draft tree is 3 deep: at most 4 tokens a cycle; in 5 plain steps' time it cannot pay
+    hopeless = run(AdaptiveDrafter(FakeDrafter(), min_samples=3), 40,
+                   lambda arm: (5.0, 1) if arm == "draft" else (1.0, 1), monkeypatch)
+    # in 3 plain steps' time it could (4 tokens), so it gets its min_samples cycles before it is judged
+    unlucky = run(AdaptiveDrafter(FakeDrafter(), min_samples=3), 40,
+                  lambda arm: (3.0, 1) if arm == "draft" else (1.0, 1), monkeypatch)
+    assert hopeless[:4] == ["plain"] * 3 + ["draft"] and hopeless[4:20].count("draft") == 0
+    assert unlucky[3:6] == ["draft"] * 3
+
+
+def test_a_gate_restored_from_an_earlier_run_does_not_explore_a_losing_draft_again(monkeypatch):
+    cost = lambda arm: (3.0, 1) if arm == "draft" else (1.0, 1)  # noqa: E731
+    earlier = AdaptiveDrafter(FakeDrafter())
+    run(earlier, 100, cost, monkeypatch)
+    saved = json.loads(json.dumps(adaptive.saved_estimates(earlier.arms)))
+    assert set(saved) == {"draft"}  # plain steps are this run's to measure
+
+    inner = FakeDrafter()
+    restored = AdaptiveDrafter(inner)
+    assert adaptive.restore_estimates(restored.arms, saved)
+    chosen = run(restored, 30, cost, monkeypatch)
+    assert chosen.count("draft") == 0 and inner.prompt_prefills == 0
+    fresh = AdaptiveDrafter(FakeDrafter())
+    assert run(fresh, 30, cost, monkeypatch).count("draft") >= 2  # what the restore saved
+
+
+@pytest.mark.parametrize("saved", [None, [], {"draft": None}, {"draft": {"tokens": "x"}},
+                                   {"draft": {"tokens": 1, "seconds": 0, "best_tokens": 2, "cycles": 3}},
+                                   {"draft": {"tokens": float("nan"), "seconds": 1, "best_tokens": 2, "cycles": 3}},
+                                   {"draft": {"tokens": 1, "seconds": 1, "best_tokens": 2, "cycles": 0}},
+                                   {"plain": {"tokens": 1, "seconds": 1, "best_tokens": 1, "cycles": 3}}])
+def test_a_malformed_saved_estimate_is_ignored(saved):
+    gate = AdaptiveDrafter(FakeDrafter())
+    assert not adaptive.restore_estimates(gate.arms, saved)
+    assert all(arm.cycles == 0 for arm in gate.arms.values())
+
+
+def test_estimates_are_not_restored_over_measured_ones(monkeypatch):
+    gate = AdaptiveDrafter(FakeDrafter())
+    run(gate, 10, lambda arm: (1.0, 1), monkeypatch)
+    before = dict(gate.arms)
+    assert not adaptive.restore_estimates(gate.arms, {"draft": {"tokens": 9, "seconds": 1, "best_tokens": 9, "cycles": 5}})
+    assert gate.arms == before
+
+
+class CopyingDrafter(FakeDrafter):
+    """Context copies after matches of 3 and 6 tokens in turn."""
+
+    def __init__(self):
+        super().__init__(copy_available=True)
+        self.copy_match_length, self._turn = 0, 0
+
+    def propose(self, history, budget, *, draft_model=True):
+        self._turn += 1
+        self.copy_match_length = 3 if self._turn % 2 else 6
+        return TokenTree.chain([7, 8, 9, 10], "pool")
+
+
+def test_copies_are_judged_by_the_length_of_their_match(monkeypatch):
+    # copies after a 3-token match are mostly wrong (1 token in 2.5 steps), after 6 mostly right
+    inner = CopyingDrafter()
+    gate = AdaptiveDrafter(inner, probe_every=16)
+    matches = []
+
+    def cost(arm):
+        matches.append(inner.copy_match_length if arm != "plain" else 0)
+        return ((1.5, 4) if inner.copy_match_length == 6 else (2.5, 1)) if arm != "plain" else (1.0, 1)
+
+    run(gate, 400, cost, monkeypatch)
+    late = matches[100:]
+    assert late.count(6) > 100 and late.count(3) < 10
+    assert set(gate.arms) >= {"free3", "free6"}
+    saved = adaptive.saved_estimates(gate.arms)
+    fresh = AdaptiveDrafter(CopyingDrafter())
+    assert adaptive.restore_estimates(fresh.arms, json.loads(json.dumps(saved)))
+    assert fresh.arms["free3"].rate < 1.0 < fresh.arms["free6"].rate
+
+
+def test_losing_arms_share_one_retry_budget(monkeypatch):
+    # two kinds of copies and the draft all lose 1.5 plain steps a cycle: together they are retried
+    # about as often as one losing arm alone, so the overhead stays near probe_overhead
+    def losing_cycles(drafter):
+        gate = AdaptiveDrafter(drafter, probe_every=16)
+        chosen = run(gate, 3000, lambda arm: (2.5, 1) if arm != "plain" else (1.0, 1), monkeypatch)
+        return len(chosen[200:]) - chosen[200:].count("plain")
+
+    alone, several = losing_cycles(FakeDrafter()), losing_cycles(CopyingDrafter())
+    assert several <= 1.5 * alone
+    assert several * 1.5 <= 0.03 * 2800  # ~2 % of the time

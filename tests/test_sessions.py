@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from ouroboros_lite import Engine, OuroborosError
@@ -70,3 +73,31 @@ def test_an_engine_on_shared_models_refuses_model_options(models, draft_path):
         Engine(models=models, n_ctx=512)
     with pytest.raises(OuroborosError, match="target"):
         Engine(draft_path, models=models)
+
+
+def test_the_speed_gates_estimates_travel_with_the_pool_file(draft_path, tmp_path):
+    """A new process of the pair starts its gate from what the last one measured (saved beside the
+    pool), except plain steps, which it measures again; a FIFO in the file's place blocks nothing."""
+    pool = tmp_path / "pair.pool"
+    prompt = "Repeat after me five times: the quick brown fox jumps over the lazy dog."
+    with Models(draft_path, options=options()) as first:
+        with Session(first, method="ouroboros") as session:
+            generate_ids(session, session.tokenize_prompt(prompt, chat=True), 64, "ouroboros")
+            session.save_pool(pool)
+        measured = {name: arm for name, arm in first.gate("ouroboros").items() if name != "plain" and arm.cycles}
+    assert measured and (tmp_path / "pair.pool.gate.json").is_file()
+    with Models(draft_path, options=options()) as second:
+        with Session(second, method="ouroboros") as session:
+            session.load_pool(pool)
+            arms = second.gate("ouroboros")
+            assert arms["plain"].cycles == 0
+            for name, arm in measured.items():
+                assert (arms[name].tokens, arms[name].seconds, arms[name].cycles) == (arm.tokens, arm.seconds, arm.cycles)
+    os.mkfifo(tmp_path / "fifo.pool.gate.json")
+    with Models(draft_path, options=options()) as third:
+        with Session(third, method="ouroboros") as session:
+            session.load_pool(tmp_path / "fifo.pool")  # did not block
+            assert all(arm.cycles == 0 for arm in third.gate("ouroboros").values())
+            generate_ids(session, session.tokenize_prompt(prompt, chat=True), 8, "ouroboros")
+            session.save_pool(tmp_path / "fifo.pool")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo.pool.gate.json").st_mode)  # not replaced

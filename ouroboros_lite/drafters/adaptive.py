@@ -8,11 +8,16 @@ three arms, each a running estimate of emitted tokens per second of the cycle's 
 verifying and Python, from its proposal to the end of its verification), shared by the sessions of
 one model pair (`Models.gate`):
 - "plain": an empty tree, exactly one `ar` step;
-- "free": guesses that cost no draft forward (context copies, pool phrases, a window);
+- "free": guesses that cost no draft forward (pool phrases, a window), and "free3" … "free6" for
+  context copies after a match of that many tokens (a longer match is right more often, so copies
+  after 6 may pay where copies after 3 lose);
 - "draft": the inner drafter's full proposal, draft model included.
-A free or draft proposal is made while its arm is at least as fast as plain. A losing arm is retried
-on a time budget: once the wall time since its last retry is 1/`probe_overhead` times what one of its
-cycles loses against plain steps (its seconds minus the time plain steps take for its tokens), so
+Plain steps are measured first (they cost nothing against `ar`); each speculative arm then runs
+`min_samples` cycles before it is judged, or one where even that cycle's best case (its longest path
+all accepted, in the seconds it took) is slower than plain steps: such a tree cannot pay on this
+machine whatever the text. A free or draft proposal is made while its arm is at least as fast as plain. A losing arm is retried
+on a time budget: once the wall time since its last retry is 1/`probe_overhead` times (times the
+number of losing arms, which share the budget) what one of its cycles loses against plain steps (its seconds minus the time plain steps take for its tokens), so
 retries cost about `probe_overhead` (2 %) of the time however badly the arm loses: a cheap loser is
 retried often, an expensive one (a 6-step tree on a CPU whose batches cost nearly a step per token)
 rarely. The draft's prompt is prefilled only when the draft first runs in a generation, outside
@@ -24,6 +29,7 @@ output: every tree is verified by the target, so the text is ar's (acceptance.py
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -39,21 +45,67 @@ class Arm:
     tokens: float = 0.0
     seconds: float = 0.0
     cycles: int = 0
+    best_tokens: float = 0.0  # what its cycles would have emitted had their longest path been accepted
     chances_skipped: int = 0  # plain: cycles since it was last re-measured
     since_retry: float = 0.0  # seconds of generation since this arm last ran
 
-    def update(self, tokens: int, seconds: float) -> None:
+    def update(self, tokens: int, seconds: float, best_tokens: int | None = None) -> None:
         a = 1.0 if self.cycles == 0 else self.smoothing
         self.tokens += a * (tokens - self.tokens)
         self.seconds += a * (seconds - self.seconds)
+        self.best_tokens += a * ((tokens if best_tokens is None else best_tokens) - self.best_tokens)
         self.cycles += 1
 
     @property
     def rate(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else float("inf")
 
+    @property
+    def ceiling(self) -> float:
+        """Its rate had every cycle's longest path been accepted: what no text could beat."""
+        return self.best_tokens / self.seconds if self.seconds > 0 else float("inf")
 
-ARMS = ("plain", "free", "draft")
+
+ARMS = ("plain", "free", "draft")  # and "free<n>": context copies after an n-token match (_free_arm)
+MAX_JUDGED_MATCH = 6  # longer matches share the arm of 6
+SMOOTHING = 0.3  # weight of a cycle in its arm's running means
+_SAVED_FIELDS = ("tokens", "seconds", "best_tokens", "cycles")
+
+
+def saved_estimates(arms: dict[str, Arm]) -> dict:
+    """The speculative arms' estimates as JSON, kept beside the pair's phrase pool for the next run."""
+    return {name: {field: getattr(arm, field) for field in _SAVED_FIELDS}
+            for name, arm in arms.items() if name != "plain" and arm.cycles}
+
+
+def _is_speculative_arm(name) -> bool:
+    return name in ("free", "draft") or (isinstance(name, str) and name.startswith("free")
+                                         and name[4:].isdigit() and 1 <= int(name[4:]) <= MAX_JUDGED_MATCH)
+
+
+def restore_estimates(arms: dict[str, Arm], saved) -> bool:
+    """Start a gate that has measured nothing from an earlier run's estimates (`saved_estimates`):
+    a speculative arm that lost there is not explored again, only retried on the budget (and the
+    draft's prompt is not prefilled for it); plain steps are measured afresh, first, as this run's
+    machine load sets them. Malformed entries are skipped. Returns whether anything was restored."""
+    if any(arm.cycles for arm in arms.values()) or not isinstance(saved, dict):
+        return False
+    restored = False
+    for name, entry in saved.items():
+        if not _is_speculative_arm(name) or not isinstance(entry, dict):
+            continue
+        try:
+            values = {field: float(entry[field]) for field in _SAVED_FIELDS}
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not all(math.isfinite(v) and v >= 0 for v in values.values()) or not values["seconds"] > 0 \
+                or not values["cycles"] >= 1:
+            continue
+        smoothing = arms["plain"].smoothing if "plain" in arms else SMOOTHING
+        arms[name] = Arm(smoothing, values["tokens"], values["seconds"],
+                         cycles=int(min(values["cycles"], 1e6)), best_tokens=values["best_tokens"])
+        restored = True
+    return restored
 
 
 def arm_of(tree: TokenTree) -> str:
@@ -65,7 +117,7 @@ def arm_of(tree: TokenTree) -> str:
 class AdaptiveDrafter:
     """Wraps a drafter (ouroboros, or its draft-free mode) and gates its proposals by measured speed."""
 
-    def __init__(self, inner, *, probe_every: int = 16, probe_overhead: float = 0.02, smoothing: float = 0.3,
+    def __init__(self, inner, *, probe_every: int = 16, probe_overhead: float = 0.02, smoothing: float = SMOOTHING,
                  min_samples: int = 2, arms: dict | None = None):
         """arms: estimates shared with other gates of the same model pair (filled here if empty)."""
         self.inner = inner
@@ -76,10 +128,11 @@ class AdaptiveDrafter:
         self.probe_overhead = probe_overhead
         self.min_samples = min_samples
         self.arms = {} if arms is None else arms
+        self.smoothing = smoothing
         for name in ARMS:
             self.arms.setdefault(name, Arm(smoothing))
-        self.cycles_by_arm = dict.fromkeys(ARMS, 0)  # this generation's choices (for statistics)
-        self._pending: tuple[str, float] | None = None  # arm and start time of the cycle in flight
+        self.cycles_by_arm: dict[str, int] = {}  # this generation's choices (for statistics)
+        self._pending: tuple[str, float, int] | None = None  # arm, start time and tree depth of the cycle in flight
         self._retrying: str | None = None  # the losing arm this cycle retries
         self._inner_proposed = False
 
@@ -93,7 +146,7 @@ class AdaptiveDrafter:
 
     def begin(self, prompt: list[int], sampler=None) -> None:
         self.inner.begin(prompt, sampler)
-        self.cycles_by_arm = dict.fromkeys(ARMS, 0)
+        self.cycles_by_arm = {}
         self._pending = self._retrying = None  # the prefill before the first cycle is nobody's cost
 
     def close(self) -> None:
@@ -121,12 +174,12 @@ class AdaptiveDrafter:
                 tree = self.inner.propose(history, budget, draft_model=False)
             else:
                 tree = self.inner.propose(history, budget)
-            if arm_of(tree) == "free" and not self._worth("free"):
+            if arm_of(tree) == "free" and not self._worth(self._free_arm()):
                 tree = TokenTree()  # free guesses that do not pay here: a plain step instead
             self._inner_proposed = len(tree) > 0
-        arm = arm_of(tree)
-        self.cycles_by_arm[arm] += 1
-        self._pending = (arm, now)
+        arm = self._free_arm() if arm_of(tree) == "free" else arm_of(tree)
+        self.cycles_by_arm[arm] = self.cycles_by_arm.get(arm, 0) + 1
+        self._pending = (arm, now, tree.depth)
         return tree
 
     def observe(self, outcome: Outcome) -> None:
@@ -134,16 +187,30 @@ class AdaptiveDrafter:
             self.inner.observe(outcome)
         self._finish_cycle(len(outcome.tokens), time.perf_counter())
 
+    def _losing_arms(self, plain: Arm) -> list[str]:
+        return [name for name, arm in self.arms.items()
+                if name != "plain" and arm.cycles and arm.rate < plain.rate]
+
+    def _free_arm(self) -> str:
+        """The arm of this cycle's free guesses: a context copy is judged by the length of the match it
+        follows ("free3" … "free6": copies after longer matches are right more often, so one kind
+        may pay where another does not), other free guesses as "free"."""
+        matched = getattr(self.inner, "copy_match_length", 0)
+        name = f"free{min(matched, MAX_JUDGED_MATCH)}" if matched else "free"
+        if name not in self.arms:
+            self.arms[name] = Arm(self.smoothing)
+        return name
+
     # --- the choice ---------------------------------------------------------------------------------
     def _finish_cycle(self, tokens: int, now: float) -> None:
         """Count this cycle's own time, from its proposal to the end of its verification: not the time
         between two proposals, which a server's scheduler fills with other conversations' cycles."""
         if self._pending is not None:
-            arm, start = self._pending
+            arm, start, depth = self._pending
             measured = self.arms[arm]
             if arm == self._retrying:
                 measured.cycles = 0  # the estimate becomes this cycle's: the old one is stale
-            measured.update(tokens, now - start)
+            measured.update(tokens, now - start, best_tokens=depth + 1)
             if arm == self._retrying:
                 measured.cycles = max(measured.cycles, self.min_samples)  # one retry is one cycle
             for other in self.arms.values():
@@ -153,8 +220,8 @@ class AdaptiveDrafter:
     def _plain_is_due(self) -> bool:
         """Keep the plain step's estimate fresh (and measured at all) while speculation wins."""
         plain = self.arms["plain"]
-        if plain.cycles < self.min_samples:  # speculate first, then measure plain steps
-            return sum(arm.cycles for arm in self.arms.values()) >= self.min_samples
+        if plain.cycles < self.min_samples:  # first: plain steps cost nothing against ar
+            return True
         plain.chances_skipped += 1
         if plain.chances_skipped >= self.probe_every:
             plain.chances_skipped = 0
@@ -166,12 +233,17 @@ class AdaptiveDrafter:
         switch_seconds: what taking the arm costs once before its cycle (the draft's prompt prefill),
         charged to a retry's budget."""
         arm, plain = self.arms[name], self.arms["plain"]
-        if arm.cycles < self.min_samples or plain.cycles < self.min_samples or arm.rate >= plain.rate:
+        # one cycle says enough when even its best case (every longest path accepted) loses
+        hopeless = arm.cycles > 0 and plain.cycles >= self.min_samples and arm.ceiling < plain.rate
+        unmeasured = arm.cycles < self.min_samples and not hopeless
+        if unmeasured or plain.cycles < self.min_samples or arm.rate >= plain.rate:
             arm.since_retry = 0.0
             return True
         # what one more cycle of it should cost, and the switch
         loss = max(arm.seconds - arm.tokens / plain.rate, 0.0) + switch_seconds
-        if arm.since_retry * self.probe_overhead >= loss:  # a retry, within the overhead budget
+        # the losing arms share the budget, so retries cost probe_overhead in all however many there are
+        share = self.probe_overhead / max(1, len(self._losing_arms(plain)))
+        if arm.since_retry * share >= loss:  # a retry, within the overhead budget
             arm.since_retry = 0.0
             self._retrying = name
             return True

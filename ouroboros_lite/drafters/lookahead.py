@@ -117,6 +117,7 @@ class LookaheadDrafter:
         self.max_paths = max_paths
         self.harvester = PhraseHarvester(pool)
         self.context = ContextIndex()
+        self.copy_match_length = 0  # tokens the last proposal's context copy matched (the speed gate's)
         self._placement = WindowPlacement()
 
     def begin(self, prompt: list[int], sampler=None) -> None:
@@ -132,7 +133,7 @@ class LookaheadDrafter:
         self.context.sync(history)
         builder = TreeBuilder(min(budget, self.max_nodes), max_paths=self.max_paths)
         root = history[-1]
-        copied, _ = self.context.continuation(history, max_length=self.max_nodes)
+        copied, self.copy_match_length = self.context.continuation(history, max_length=self.max_nodes)
         builder.add(copied, "pool")
         for phrase in self.pool.recent(root, 0 if copied else self.guesses):
             builder.add(phrase, "pool")
