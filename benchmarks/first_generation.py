@@ -21,7 +21,9 @@ import tempfile
 from pathlib import Path
 
 from ouroboros_lite.bench import PROMPT_SETS, load_prompts, shipped_prompts
+from ouroboros_lite.errors import OuroborosError
 from ouroboros_lite.runtime import Runtime, RuntimeOptions
+from ouroboros_lite.ties import first_difference
 
 
 def generation(target: str, draft: str, method: str, prompt: str, chat: bool, n: int, threads: int,
@@ -66,9 +68,8 @@ def main() -> None:
                                          args.threads, pool)
                 row[name] = tps / ar
                 ratios[name].append(tps / ar)
-                if output != reference:
-                    at = next((i for i, (a, b) in enumerate(zip(output, reference)) if a != b),
-                              min(len(output), len(reference)))
+                at = first_difference(output, reference)
+                if at is not None:
                     print(f"  prompt {index} {name}: differs from ar at token {at} (check it with benchmarks/mismatch.py)")
             print(f"{index:6d} {ar:9.2f} {row['cold']:6.2f}x {row['saved']:6.2f}x", flush=True)
     print(f"median: cold {statistics.median(ratios['cold']):.2f}x (min {min(ratios['cold']):.2f}x), "
@@ -76,4 +77,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        main()
+    except OuroborosError as exc:
+        sys.exit(f"error: {exc}")

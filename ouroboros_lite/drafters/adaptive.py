@@ -69,6 +69,7 @@ class Arm:
 ARMS = ("plain", "free", "draft")  # and "free<n>": context copies after an n-token match (_free_arm)
 MAX_JUDGED_MATCH = 6  # longer matches share the arm of 6
 SMOOTHING = 0.3  # weight of a cycle in its arm's running means
+SPECULATIVE_ARMS = ("free", "draft", *(f"free{n}" for n in range(1, MAX_JUDGED_MATCH + 1)))
 _SAVED_FIELDS = ("tokens", "seconds", "best_tokens", "cycles")
 
 
@@ -76,11 +77,6 @@ def saved_estimates(arms: dict[str, Arm]) -> dict:
     """The speculative arms' estimates as JSON, kept beside the pair's phrase pool for the next run."""
     return {name: {field: getattr(arm, field) for field in _SAVED_FIELDS}
             for name, arm in arms.items() if name != "plain" and arm.cycles}
-
-
-def _is_speculative_arm(name) -> bool:
-    return name in ("free", "draft") or (isinstance(name, str) and name.startswith("free")
-                                         and name[4:].isdigit() and 1 <= int(name[4:]) <= MAX_JUDGED_MATCH)
 
 
 def restore_estimates(arms: dict[str, Arm], saved) -> bool:
@@ -92,7 +88,7 @@ def restore_estimates(arms: dict[str, Arm], saved) -> bool:
         return False
     restored = False
     for name, entry in saved.items():
-        if not _is_speculative_arm(name) or not isinstance(entry, dict):
+        if name not in SPECULATIVE_ARMS or not isinstance(entry, dict):
             continue
         try:
             values = {field: float(entry[field]) for field in _SAVED_FIELDS}
