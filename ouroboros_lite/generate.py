@@ -80,7 +80,7 @@ def generate_tokens(
     root = verifier.prefill(prompt[n_cached:], n_cached)
     if not sampler.params.plain_greedy:
         root = sampler.draw(sampler.probabilities(verifier.logits_last(), prompt), position=len(prompt))
-    drafter.begin(prompt, draft_sampler)
+    drafter.begin(prompt, draft_sampler, min(max_tokens - 1, n_ctx - len(prompt)))  # what its cycles may emit
     history, pos = [*prompt, root], len(prompt)  # root: last accepted token, not yet in the KV cache
     yield root, "target", None
     emitted = 1

@@ -32,7 +32,7 @@ class FakeDrafter:
         self.prompt_prefills += self._prompt_pending
         self._prompt_pending = False
 
-    def begin(self, prompt, sampler=None):
+    def begin(self, prompt, sampler=None, max_tokens=None):
         self._prompt_pending = True
 
     def propose(self, history, budget, *, draft_model=True):
@@ -47,12 +47,13 @@ class FakeDrafter:
         pass
 
 
-def run(drafter, cycles, cost, monkeypatch):
-    """cost(arm) -> (seconds, tokens emitted) of one cycle of that arm; returns the arms chosen."""
+def run(drafter, cycles, cost, monkeypatch, max_tokens=None):
+    """cost(arm) -> (seconds, tokens emitted) of one cycle of that arm; returns the arms chosen.
+    max_tokens: what the generation may emit, as generate() tells the drafter (None: no end)."""
     clock = [0.0]
     monkeypatch.setattr(adaptive.time, "perf_counter", lambda: clock[0])
     chosen = []
-    drafter.begin([1, 2, 3])
+    drafter.begin([1, 2, 3], max_tokens=max_tokens)
     for _ in range(cycles):
         tree = drafter.propose([1, 2, 3], 8)
         arm = adaptive.arm_of(tree)
@@ -143,6 +144,40 @@ def test_the_prompt_prefill_is_charged_to_the_draft_arms_retry_budget(monkeypatc
     assert 1 <= dear.prompt_prefills < cheap.prompt_prefills / 3
     # its retries' prefills stay near the 2 % budget of the 4,000 plain steps' time
     assert dear.prompt_prefills * 50.0 <= 0.05 * 4000
+
+
+def test_a_draft_is_not_explored_where_its_prompt_prefill_outweighs_the_generation(monkeypatch):
+    """A fresh gate tries the draft only when its prompt prefill (here 5 plain steps' time) stays within
+    probe_overhead (2 %) of what the rest of the generation takes at plain speed: not in 60 tokens
+    (1.2 steps' worth), but in 1,000 (20)."""
+    cost = lambda arm: (2.0, 4) if arm == "draft" else (1.0, 1)  # noqa: E731  a winning draft, unknown yet
+    short, long = FakeDrafter(prompt_seconds=5.0), FakeDrafter(prompt_seconds=5.0)
+    assert run(AdaptiveDrafter(short), 40, cost, monkeypatch, max_tokens=60).count("draft") == 0
+    assert short.prompt_prefills == 0
+    assert run(AdaptiveDrafter(long), 40, cost, monkeypatch, max_tokens=1000).count("draft") > 30
+    assert long.prompt_prefills == 1
+
+
+def test_a_winning_draft_skips_a_prefill_the_rest_of_the_generation_cannot_repay(monkeypatch):
+    """The draft emits 2 tokens per plain step's time, saving 0.5 s a token: a 20 s prefill pays back
+    over 40 tokens or more, so a 30-token generation takes plain steps and a 300-token one drafts."""
+    cost = lambda arm: (2.0, 4) if arm == "draft" else (1.0, 1)  # noqa: E731
+    shared = {}
+    run(AdaptiveDrafter(FakeDrafter(), arms=shared), 40, cost, monkeypatch)  # measured: the draft wins
+    assert shared["draft"].rate > shared["plain"].rate
+    short, long = FakeDrafter(prompt_seconds=20.0), FakeDrafter(prompt_seconds=20.0)
+    assert run(AdaptiveDrafter(short, arms=shared), 20, cost, monkeypatch, max_tokens=30).count("draft") == 0
+    assert run(AdaptiveDrafter(long, arms=shared), 40, cost, monkeypatch, max_tokens=300).count("draft") > 30
+    assert (short.prompt_prefills, long.prompt_prefills) == (0, 1)
+
+
+def test_free_guesses_are_judged_after_one_cycle(monkeypatch):
+    # a cycle of free guesses costs no draft forward: one losing cycle is enough to stop them (a fresh
+    # gate may meet seven kinds), where a draft gets min_samples
+    chosen = run(AdaptiveDrafter(FakeDrafter(copy_available=True), min_samples=2), 20,
+                 lambda arm: (2.5, 1) if arm == "free" else (1.0, 1), monkeypatch)
+    assert chosen[:4] == ["plain", "plain", "free", "plain"]
+    assert chosen[3:20].count("free") <= 1
 
 
 @pytest.mark.parametrize("budget", [0])

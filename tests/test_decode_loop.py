@@ -124,7 +124,7 @@ def test_a_drafter_that_is_always_wrong_costs_forwards_not_text():
     class Wrong:
         name, runs_draft_model, pool, draft_forwards, draft_tokens = "wrong", False, None, 0, 0
 
-        def begin(self, prompt, sampler=None):
+        def begin(self, prompt, sampler=None, max_tokens=None):
             pass
 
         def propose(self, history, budget):

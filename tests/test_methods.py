@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ouroboros_lite.bench import default_prompts, load_prompts
+from ouroboros_lite.drafters.draft_context import PREFILL_SAMPLE, DraftContext
 from ouroboros_lite.drafters.lookahead import PhraseHarvester
 from ouroboros_lite.drafters.ouroboros import OuroborosDrafter, OuroborosParams
 from ouroboros_lite.pool import PhrasePool
@@ -81,3 +82,30 @@ def test_lookahead_on_the_draft_is_its_greedy_output_in_fewer_forwards(q4):
         print(f"\ndraft forwards for 63 tokens: plain 63, lookahead cold {cold}, warm {warm}")
     finally:
         drafter.close()
+
+
+def test_the_drafts_prompt_prefill_is_timed_on_a_sample_then_finished_without_redoing_it(q4):
+    """The speed gate asks what the draft's prompt prefill would cost before the draft has run: the
+    draft times it on its first PREFILL_SAMPLE tokens, the prefill feeds the rest, and the draft it
+    then makes is the draft model's own greedy token."""
+    prompt = q4.tokenize_prompt("Write a Python function that returns the n-th prime number, with a "
+                                "docstring and two doctests, then explain its running time.", chat=True)
+    assert len(prompt) > 2 * PREFILL_SAMPLE
+    reference = generate_ids(q4, prompt, 1, "ar")
+    draft = DraftContext(q4.target, n_ctx=2048, n_batch=512, threads=THREADS,
+                         flash_attn=q4.options.flash_attn, kv_type=q4.options.kv_type)
+    try:
+        draft.begin(prompt)
+        assert draft.n_cached == 0
+        estimate = draft.prompt_seconds_estimate()
+        assert estimate > 0 and draft.n_cached == PREFILL_SAMPLE
+        draft.prompt_seconds_estimate()
+        assert draft.n_cached == PREFILL_SAMPLE  # timed once
+        draft.prefill_prompt()
+        assert draft.n_cached == len(prompt) - 1 and draft.prompt_seconds_estimate() == 0
+        token = draft.catch_up(prompt)
+        assert_equal_or_tie(q4, prompt, reference, [token], "draft after a prefill in two pieces")
+        draft.begin(prompt)  # the next turn: the KV holds the prompt, nothing is left to pay for
+        assert draft.prompt_seconds_estimate() == 0 and draft.n_cached == len(prompt) - 1
+    finally:
+        draft.close()

@@ -181,8 +181,10 @@ def test_greedy_answers_equal_ar_with_usage_and_timings(server, reference, kind,
 
 def test_a_stream_sends_whole_characters(server, reference):
     prompt = "日本語の挨拶: こんにちは、"  # its katakana reply takes two tokens per character
-    expected = reference("completion", prompt, 24)
-    stream = server.client().completions.create(model="any", prompt=prompt, max_tokens=24, temperature=0,
+    # a length whose reply ends on a whole character (where the reply goes depends on the CPU's kernels)
+    length = next(n for n in (24, 23, 25, 22, 26) if "\ufffd" not in reference("completion", prompt, n).text)
+    expected = reference("completion", prompt, length)
+    stream = server.client().completions.create(model="any", prompt=prompt, max_tokens=length, temperature=0,
                                                 stream=True)
     pieces = [chunk.choices[0].text for chunk in stream if chunk.choices and chunk.choices[0].text]
     assert "".join(pieces) == expected.text and "\ufffd" not in expected.text

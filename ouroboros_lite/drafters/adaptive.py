@@ -12,19 +12,28 @@ one model pair (`Models.gate`):
   context copies after a match of that many tokens (a longer match is right more often, so copies
   after 6 may pay where copies after 3 lose);
 - "draft": the inner drafter's full proposal, draft model included.
-Plain steps are measured first (they cost nothing against `ar`); each speculative arm then runs
-`min_samples` cycles before it is judged, or one where even that cycle's best case (its longest path
-all accepted, in the seconds it took) is slower than plain steps: such a tree cannot pay on this
-machine whatever the text. A free or draft proposal is made while its arm is at least as fast as plain. A losing arm is retried
-on a time budget: once the wall time since its last retry is 1/`probe_overhead` times (times the
-number of losing arms, which share the budget) what one of its cycles loses against plain steps (its seconds minus the time plain steps take for its tokens), so
-retries cost about `probe_overhead` (2 %) of the time however badly the arm loses: a cheap loser is
-retried often, an expensive one (a 6-step tree on a CPU whose batches cost nearly a step per token)
-rarely. The draft's prompt is prefilled only when the draft first runs in a generation, outside
-any cycle's time; its cost joins the draft arm's retry budget. A retry's cycle replaces the arm's estimate instead of joining its running mean (what it
-measured before is stale), so one winning retry turns the arm back on. Plain is re-measured every `probe_every` cycles, so each estimate stays current and
-speculation comes back when the text turns predictable. The choice never changes the
-output: every tree is verified by the target, so the text is ar's (acceptance.py).
+Plain steps are measured first (they cost nothing against `ar`). A draft then runs `min_samples`
+cycles before it is judged and a kind of free guess one (they cost no draft forward, and a fresh
+gate may meet seven kinds), or one where even that cycle's best case (its longest path all accepted,
+in the seconds it took) is slower than plain steps: such a tree cannot pay on this machine whatever
+the text. A free or draft proposal is made while its arm is at least as fast as plain. A losing arm
+is retried on a time budget: once the wall time since its last retry is 1/`probe_overhead` times
+(times the number of losing arms, which share the budget) what one of its cycles loses against
+plain steps (its seconds minus the time plain steps take for its tokens), so retries cost about
+`probe_overhead` (2 %) of the time however badly the arm loses: a cheap loser is retried often, an
+expensive one (a 6-step tree on a CPU whose batches cost nearly a step per token) rarely. A retry's
+cycle replaces the arm's estimate instead of joining its running mean (what it measured before is
+stale), so one winning retry turns the arm back on.
+
+The draft's prompt is prefilled only when the draft first runs in a generation, outside any cycle's
+time, and only where the generation's horizon (`max_tokens` less what it emitted) allows: a first
+try or a retry takes it only while it stays within `probe_overhead` of the rest of the generation at
+plain speed (and, for a retry, within the shared budget); a winning draft only where what it saves
+over the rest repays it. Its cost is timed on a few prompt tokens (`DraftContext`). On the Qwen
+pair, 2 cores, a 117-token prompt's draft prefill cost 0.77 s, six plain steps, of a 128-token
+HumanEval generation that then lost. Plain is re-measured every `probe_every` cycles, so each
+estimate stays current and speculation comes back when the text turns predictable. The choice
+never changes the output: every tree is verified by the target, so the text is ar's (acceptance.py).
 """
 
 from __future__ import annotations
@@ -131,6 +140,7 @@ class AdaptiveDrafter:
         self._pending: tuple[str, float, int] | None = None  # arm, start time and tree depth of the cycle in flight
         self._retrying: str | None = None  # the losing arm this cycle retries
         self._inner_proposed = False
+        self._tokens_left = math.inf  # what this generation may still emit
 
     @property
     def draft_forwards(self) -> int:
@@ -140,9 +150,10 @@ class AdaptiveDrafter:
     def draft_tokens(self) -> int:
         return self.inner.draft_tokens
 
-    def begin(self, prompt: list[int], sampler=None) -> None:
-        self.inner.begin(prompt, sampler)
+    def begin(self, prompt: list[int], sampler=None, max_tokens: int | None = None) -> None:
+        self.inner.begin(prompt, sampler, max_tokens)
         self.cycles_by_arm = {}
+        self._tokens_left = math.inf if max_tokens is None else max_tokens
         self._pending = self._retrying = None  # the prefill before the first cycle is nobody's cost
 
     def close(self) -> None:
@@ -162,7 +173,7 @@ class AdaptiveDrafter:
         tree = TokenTree()
         self._inner_proposed = False
         if budget > 0 and not self._plain_is_due():
-            if self.runs_draft_model and self._worth("draft", self.inner.draft_prompt_seconds()):
+            if self.runs_draft_model and self._worth("draft", self.inner.draft_prompt_seconds):
                 self.inner.prefill_draft_prompt()  # like the target's prefill, no cycle's cost
                 now = time.perf_counter()
                 tree = self.inner.propose(history, budget)
@@ -181,6 +192,7 @@ class AdaptiveDrafter:
     def observe(self, outcome: Outcome) -> None:
         if self._inner_proposed:
             self.inner.observe(outcome)
+        self._tokens_left -= len(outcome.tokens)
         self._finish_cycle(len(outcome.tokens), time.perf_counter())
 
     def _losing_arms(self, plain: Arm) -> list[str]:
@@ -224,23 +236,46 @@ class AdaptiveDrafter:
             return True
         return False
 
-    def _worth(self, name: str, switch_seconds: float = 0.0) -> bool:
-        """Whether to spend this cycle on arm `name`: unmeasured, as fast as plain, or due a retry.
-        switch_seconds: what taking the arm costs once before its cycle (the draft's prompt prefill),
-        charged to a retry's budget."""
+    def _worth(self, name: str, switch_cost=None) -> bool:
+        """Whether to spend this cycle on arm `name`: unmeasured, faster than plain, or due a retry.
+        switch_cost: () -> seconds that taking the arm costs once before its cycle in this generation
+        (the draft's prompt prefill). A faster arm takes it when the rest of the generation repays it;
+        a first try or a retry only when it stays within `probe_overhead` of the rest of the
+        generation (so no prompt pays for exploring much) and, for a retry, within the shared budget."""
         arm, plain = self.arms[name], self.arms["plain"]
+        switch = (lambda: 0.0) if switch_cost is None else switch_cost
         # one cycle says enough when even its best case (every longest path accepted) loses
         hopeless = arm.cycles > 0 and plain.cycles >= self.min_samples and arm.ceiling < plain.rate
-        unmeasured = arm.cycles < self.min_samples and not hopeless
-        if unmeasured or plain.cycles < self.min_samples or arm.rate >= plain.rate:
+        if arm.cycles < self._samples_to_judge(name) and not hopeless:
+            return self._try(arm, switch())
+        if arm.rate >= plain.rate:
+            seconds_saved = self._tokens_left * (1 / plain.rate - 1 / arm.rate)
+            if math.isfinite(seconds_saved) and seconds_saved < switch():
+                return False
             arm.since_retry = 0.0
             return True
-        # what one more cycle of it should cost, and the switch
-        loss = max(arm.seconds - arm.tokens / plain.rate, 0.0) + switch_seconds
+        # what one more cycle of it should cost
+        loss = max(arm.seconds - arm.tokens / plain.rate, 0.0)
         # the losing arms share the budget, so retries cost probe_overhead in all however many there are
         share = self.probe_overhead / max(1, len(self._losing_arms(plain)))
-        if arm.since_retry * share >= loss:  # a retry, within the overhead budget
-            arm.since_retry = 0.0
+        if arm.since_retry * share < loss:
+            return False
+        cost = switch()
+        if arm.since_retry * share >= loss + cost and self._try(arm, cost):  # a retry, within the budget
             self._retrying = name
             return True
         return False
+
+    def _samples_to_judge(self, name: str) -> int:
+        """Cycles an arm runs before it is judged: a draft's `min_samples`; one for free guesses, whose
+        cycles are cheap to retry (a fresh gate meets up to seven kinds of them)."""
+        return self.min_samples if name == "draft" else 1
+
+    def _try(self, arm: Arm, switch_seconds: float) -> bool:
+        """Try an arm whose speed is unknown or stale, unless its switch would cost more than
+        `probe_overhead` of what the rest of this generation takes at plain speed."""
+        seconds_left = self._tokens_left / self.arms["plain"].rate
+        if switch_seconds > self.probe_overhead * seconds_left:
+            return False
+        arm.since_retry = 0.0
+        return True

@@ -20,8 +20,9 @@ class Drafter(Protocol):
     draft_tokens: int  # tokens those forwards processed (batch widths summed)
     pool: PhrasePool | None  # the phrase pool it learns into and drafts from (None: it keeps none)
 
-    def begin(self, prompt: list[int], sampler=None) -> None:
-        """A new generation starts from `prompt` (all tokens, the last one is the first root).
+    def begin(self, prompt: list[int], sampler=None, max_tokens: int | None = None) -> None:
+        """A new generation starts from `prompt` (all tokens, the last one is the first root); its
+        cycles will emit at most `max_tokens` tokens (None: unknown).
 
         sampler: the generation's draft-side random stream when it samples (temperature > 0). A
         drafter that samples its tokens from a distribution q must record q in
@@ -48,7 +49,7 @@ class NoDraft:
     draft_tokens = 0
     pool = None
 
-    def begin(self, prompt: list[int], sampler=None) -> None:
+    def begin(self, prompt: list[int], sampler=None, max_tokens: int | None = None) -> None:
         pass
 
     def close(self) -> None:

@@ -15,6 +15,8 @@ from ..sampling import Sampler
 from ..tree import TokenTree
 from ..verify import Outcome, TreeVerifier
 
+PREFILL_SAMPLE = 16  # prompt tokens prefilled to time the draft's prefill before it is first asked for
+
 
 class DraftContext:
     def __init__(self, model: Model, *, n_ctx: int, n_batch: int, threads: int, flash_attn: bool | None,
@@ -44,19 +46,24 @@ class DraftContext:
         self.verifier.reuse_prefix(self._prompt, leave_one=False)
         self.forwards = self.tokens = 0
 
-    def pending_prompt_seconds(self) -> float:
-        """What `prefill_prompt` would cost now, at the rate its last prefill ran (0 before any)."""
+    def prompt_seconds_estimate(self) -> float:
+        """What `prefill_prompt` would cost now, at the rate its last prefill ran. Before any was
+        timed, the first `PREFILL_SAMPLE` tokens it lacks are prefilled now to time one (they are
+        what the prefill would feed first, so nothing is decoded twice)."""
+        if not self._prompt_seconds_per_token:
+            self.prefill_prompt(limit=PREFILL_SAMPLE)
         return max(0, len(self._prompt) - self.n_cached) * self._prompt_seconds_per_token
 
-    def prefill_prompt(self) -> None:
-        """Feed what the KV lacks of the prompt but its last token; not counted as drafting. Until
-        then nothing else is decoded, and after it the KV only grows past the prompt within a
-        generation, so what it lacks is what it holds short of the prompt's length."""
+    def prefill_prompt(self, limit: int | None = None) -> None:
+        """Feed what the KV lacks of the prompt but its last token (at most `limit` tokens of it);
+        not counted as drafting. Until then nothing else is decoded, and after it the KV only grows
+        past the prompt within a generation, so what it lacks is what it holds short of the prompt's length."""
         pos = self.n_cached
-        if pos < len(self._prompt):
+        end = len(self._prompt) if limit is None else min(len(self._prompt), pos + limit)
+        if pos < end:
             started = time.perf_counter()
-            self.verifier.prefill(self._prompt[pos:], pos)
-            self._prompt_seconds_per_token = (time.perf_counter() - started) / (len(self._prompt) - pos)
+            self.verifier.prefill(self._prompt[pos:end], pos)
+            self._prompt_seconds_per_token = (time.perf_counter() - started) / (end - pos)
 
     def decode(self, tokens: list[int], pos: int) -> int:
         """Decode tokens at pos.. in one forward; returns the draft's greedy next token."""

@@ -46,7 +46,7 @@ class DraftModelDrafter:
     def draft_tokens(self) -> int:
         return self.draft.tokens
 
-    def begin(self, prompt: list[int], sampler: Sampler | None = None) -> None:
+    def begin(self, prompt: list[int], sampler: Sampler | None = None, max_tokens: int | None = None) -> None:
         self._sampler = None if sampler is None or sampler.params.plain_greedy else sampler
         self.gamma = min(4, self.max_draft)  # the same seed must give the same drafts, hence the same text
         self.draft.begin(prompt)

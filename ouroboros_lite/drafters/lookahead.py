@@ -120,7 +120,7 @@ class LookaheadDrafter:
         self.copy_match_length = 0  # tokens the last proposal's context copy matched (the speed gate's)
         self._placement = WindowPlacement()
 
-    def begin(self, prompt: list[int], sampler=None) -> None:
+    def begin(self, prompt: list[int], sampler=None, max_tokens: int | None = None) -> None:
         self.window.reset(prompt)
         self.harvester.restart()
         self.context.reset()

@@ -81,7 +81,7 @@ class OuroborosDrafter:
         self._sampler = None
 
     # --- lifecycle --------------------------------------------------------------------------------
-    def begin(self, prompt: list[int], sampler=None) -> None:
+    def begin(self, prompt: list[int], sampler=None, max_tokens: int | None = None) -> None:
         """Ready the draft for the prompt, reusing the prefix its KV holds (the rest is prefilled
         when it first drafts).
 
@@ -107,8 +107,9 @@ class OuroborosDrafter:
         self.draft.close()
 
     def draft_prompt_seconds(self) -> float:
-        """What the draft's prompt prefill, still to come this generation, should cost."""
-        return self.draft.pending_prompt_seconds()
+        """What the draft's prompt prefill, still to come this generation, should cost (timed on a
+        few of its tokens if it never ran)."""
+        return self.draft.prompt_seconds_estimate()
 
     def prefill_draft_prompt(self) -> None:
         self.draft.prefill_prompt()

@@ -24,7 +24,7 @@ class PromptLookupDrafter:
         self.index = ContextIndex(min_ngram, max_ngram)
         self.draft_length = draft_length
 
-    def begin(self, prompt: list[int], sampler=None) -> None:
+    def begin(self, prompt: list[int], sampler=None, max_tokens: int | None = None) -> None:
         self.index.reset()
 
     def close(self) -> None:
