@@ -26,12 +26,14 @@ cycle replaces the arm's estimate instead of joining its running mean (what it m
 stale), so one winning retry turns the arm back on.
 
 The draft's prompt is prefilled only when the draft first runs in a generation, outside any cycle's
-time, and only where the generation's horizon (`max_tokens` less what it emitted) allows: a first
-try or a retry takes it only while it stays within `probe_overhead` of the rest of the generation at
-plain speed (and, for a retry, within the shared budget); a winning draft only where what it saves
-over the rest repays it. Its cost is timed on a few prompt tokens (`DraftContext`). On the Qwen
-pair, 2 cores, a 117-token prompt's draft prefill cost 0.77 s, six plain steps, of a 128-token
-HumanEval generation that then lost. Plain is re-measured every `probe_every` cycles, so each
+time, and only where the generation's horizon (`max_tokens` less what it emitted) allows: a draft
+never measured takes it (its first try: what it might gain is unknown; on the test pair the prefill
+costs 7 % of a 128-token generation and drafting then gains 45 %); a retry or a second sample only
+while it stays within `probe_overhead` of the rest of the generation at plain speed (and, for a
+retry, within the shared budget); a winning draft only where what it saves over the rest repays it.
+Its cost is timed on a few prompt tokens (`DraftContext`). On the Qwen pair, 2 cores, a 117-token
+prompt's draft prefill cost 0.77 s, six plain steps, of a 128-token HumanEval generation that then
+lost: a retry there now waits for a generation long enough to hide it. Plain is re-measured every `probe_every` cycles, so each
 estimate stays current and speculation comes back when the text turns predictable. The choice
 never changes the output: every tree is verified by the target, so the text is ar's (acceptance.py).
 """
@@ -239,13 +241,17 @@ class AdaptiveDrafter:
     def _worth(self, name: str, switch_cost=None) -> bool:
         """Whether to spend this cycle on arm `name`: unmeasured, faster than plain, or due a retry.
         switch_cost: () -> seconds that taking the arm costs once before its cycle in this generation
-        (the draft's prompt prefill). A faster arm takes it when the rest of the generation repays it;
-        a first try or a retry only when it stays within `probe_overhead` of the rest of the
-        generation (so no prompt pays for exploring much) and, for a retry, within the shared budget."""
+        (the draft's prompt prefill). A never-measured arm is tried once; a faster arm takes the
+        switch when the rest of the generation repays it; a second sample or a retry only when it stays
+        within `probe_overhead` of the rest of the generation (so no prompt pays much for exploring)
+        and, for a retry, within the shared budget."""
         arm, plain = self.arms[name], self.arms["plain"]
         switch = (lambda: 0.0) if switch_cost is None else switch_cost
         # one cycle says enough when even its best case (every longest path accepted) loses
         hopeless = arm.cycles > 0 and plain.cycles >= self.min_samples and arm.ceiling < plain.rate
+        if arm.cycles == 0:  # never measured: what it could gain is unknown, so it is tried once
+            arm.since_retry = 0.0
+            return True
         if arm.cycles < self._samples_to_judge(name) and not hopeless:
             return self._try(arm, switch())
         if arm.rate >= plain.rate:

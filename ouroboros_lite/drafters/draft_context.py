@@ -49,9 +49,13 @@ class DraftContext:
     def prompt_seconds_estimate(self) -> float:
         """What `prefill_prompt` would cost now, at the rate its last prefill ran. Before any was
         timed, the first `PREFILL_SAMPLE` tokens it lacks are prefilled now to time one (they are
-        what the prefill would feed first, so nothing is decoded twice)."""
+        what the prefill would feed first, so nothing is decoded twice). A context's first decode also
+        pays its one-time set-up (on the test pair's draft, 0.2 s against ~1 ms a token), so the
+        rate is read off a second sample."""
         if not self._prompt_seconds_per_token:
-            self.prefill_prompt(limit=PREFILL_SAMPLE)
+            for _ in range(2):
+                self._prompt_seconds_per_token = 0.0
+                self.prefill_prompt(limit=PREFILL_SAMPLE)
         return max(0, len(self._prompt) - self.n_cached) * self._prompt_seconds_per_token
 
     def prefill_prompt(self, limit: int | None = None) -> None:
