@@ -33,9 +33,10 @@ while it stays within `probe_overhead` of the rest of the generation at plain sp
 retry, within the shared budget); a winning draft only where what it saves over the rest repays it.
 Its cost is timed on a few prompt tokens (`DraftContext`). On the Qwen pair, 2 cores, a 117-token
 prompt's draft prefill cost 0.77 s, six plain steps, of a 128-token HumanEval generation that then
-lost: a retry there now waits for a generation long enough to hide it. Plain is re-measured every `probe_every` cycles, so each
-estimate stays current and speculation comes back when the text turns predictable. The choice
-never changes the output: every tree is verified by the target, so the text is ar's (acceptance.py).
+lost: a retry there now waits for a generation long enough to hide it. Plain is re-measured every
+`probe_every` cycles, so each estimate stays current and speculation comes back when the text turns
+predictable. The choice never changes the output: every tree is verified by the target, so the text
+is ar's (acceptance.py).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from ..sampling import Sampler
 from ..tree import TokenTree
 from ..verify import Outcome, TreeVerifier
 
-PREFILL_SAMPLE = 16  # prompt tokens prefilled to time the draft's prefill before it is first asked for
+PREFILL_SAMPLE = 16  # prompt tokens per sample that times the draft's prefill before it is first asked for
 
 
 class DraftContext:
@@ -48,14 +48,13 @@ class DraftContext:
 
     def prompt_seconds_estimate(self) -> float:
         """What `prefill_prompt` would cost now, at the rate its last prefill ran. Before any was
-        timed, the first `PREFILL_SAMPLE` tokens it lacks are prefilled now to time one (they are
-        what the prefill would feed first, so nothing is decoded twice). A context's first decode also
-        pays its one-time set-up (on the test pair's draft, 0.2 s against ~1 ms a token), so the
-        rate is read off a second sample."""
+        timed, two samples of `PREFILL_SAMPLE` tokens it lacks are prefilled now and the second is
+        timed: a context's first decode also pays its one-time set-up. They are what the prefill
+        would feed first, so nothing is decoded twice."""
         if not self._prompt_seconds_per_token:
-            for _ in range(2):
-                self._prompt_seconds_per_token = 0.0
-                self.prefill_prompt(limit=PREFILL_SAMPLE)
+            self.prefill_prompt(limit=PREFILL_SAMPLE)  # pays the context's set-up
+            self._prompt_seconds_per_token = 0.0  # so a prompt with nothing left to sample reads 0
+            self.prefill_prompt(limit=PREFILL_SAMPLE)
         return max(0, len(self._prompt) - self.n_cached) * self._prompt_seconds_per_token
 
     def prefill_prompt(self, limit: int | None = None) -> None:
