@@ -2,13 +2,15 @@
 
     python benchmarks/serve_load.py --model smollm2-135m-instruct-q4_1 -n 64 --requests 8
 
-For each method it starts a server (--parallel = the most clients, so nobody waits for a slot),
-sends one warm-up request, then for each client count runs that many threads, each sending streamed
+It starts a server per method (--parallel = the most clients, so nobody waits for a slot), all at
+once (an idle one costs no CPU), sends each a warm-up request, then for each method and client count
+runs that many threads, each sending streamed
 chat requests over Spec-Bench prompts (greedy) until `--requests` requests per level are done.
 Reported per level: requests/s, aggregate tok/s (generated tokens over the wall time), p50/p95
 time to first token, median per-request tok/s (tokens after the first over the time from the first
-to the last), and the single-client speed-up of the method over `ar`; with --compare-generate also
-the speed-up on the same prompts without the server, which the server's should stay within 5 % of.
+to the last). With --compare-generate, the single-client speed-up of each method over `ar` through
+the server and through Engine.chat on the same prompts, all four interleaved per prompt: the
+server's should stay within 5 % of Engine's.
 """
 
 from __future__ import annotations
@@ -117,48 +119,64 @@ def main() -> None:
     print(f"model {model.name}{' + draft ' + draft.name if draft else ''}, {args.max_tokens} tokens per request, greedy, -t {args.threads}")
     print("| method | clients | requests | req/s | aggregate tok/s | TTFT p50 s | TTFT p95 s | per-request tok/s |")
     print("|---|---|---|---|---|---|---|---|")
-    single = {}
-    for method in args.methods.split(","):
-        proc, url = start_server(model, draft, method, max(levels), args.threads, args.ctx_size)
-        try:
-            one_request(url, prompts[0], 8)  # warm-up: the first decode allocates compute buffers
+    methods = args.methods.split(",")
+    servers = {}
+    try:
+        for method in methods:  # all started at once: an idle server costs no CPU, and the comparison interleaves them
+            servers[method] = start_server(model, draft, method, max(levels), args.threads, args.ctx_size)
+            one_request(servers[method][1], prompts[0], 8)  # warm-up: the first decode allocates compute buffers
+        for method in methods:
             for clients in levels:
-                wall, results = run_level(url, prompts, clients, max(args.requests, clients), args.max_tokens)
+                wall, results = run_level(servers[method][1], prompts, clients, max(args.requests, clients),
+                                          args.max_tokens)
                 tokens = sum(r.tokens for r in results)
                 per_request = statistics.median(r.decode_tps for r in results)
                 ttfts = [r.ttft for r in results]
-                if clients == 1:
-                    single[method] = per_request
                 print(f"| {method} | {clients} | {len(results)} | {len(results) / wall:.2f} | {tokens / wall:.1f} | "
                       f"{percentile(ttfts, 0.5):.3f} | {percentile(ttfts, 0.95):.3f} | {per_request:.1f} |",
                       flush=True)
-        finally:
+        if args.compare_generate and "ar" in methods and len(methods) > 1:
+            compare_with_engine({m: url for m, (_, url) in servers.items()}, model, draft, methods,
+                                prompts[:args.requests], args)
+    finally:
+        for proc, _ in servers.values():
             proc.terminate()
             proc.wait(60)
-    for method, tps in single.items():
-        if method != "ar" and single.get("ar"):
-            print(f"single client through the server: {method} {tps / single['ar']:.2f}x ar per request")
-    if args.compare_generate:
-        direct = generate_speeds(model, draft, args.methods.split(","), prompts[:args.requests], args)
-        for method, tps in direct.items():
-            if method != "ar" and direct.get("ar"):
-                print(f"the same prompts through Engine.chat (what `generate --chat` runs): "
-                      f"{method} {tps / direct['ar']:.2f}x ar per request")
 
 
-def generate_speeds(model: Path, draft: Path | None, methods: list[str], prompts: list[str],
-                    args) -> dict[str, float]:
-    """Median per-request tok/s of each method without the server, in this process."""
+def compare_with_engine(urls: dict[str, str], model: Path, draft: Path | None, methods: list[str],
+                        prompts: list[str], args) -> None:
+    """The single-client speed-up over ar through the server and through Engine.chat (what
+    `generate --chat` runs) on the same prompts, interleaved per prompt (server ar, server method,
+    Engine ar, Engine method), so that drift in the machine's load hits both alike: the median of the
+    per-prompt ratios."""
     from ouroboros_lite import Engine
 
-    speeds = {}
-    for method in methods:
-        with Engine(target=model, draft=draft, method=method, threads=args.threads, n_ctx=args.ctx_size) as engine:
+    engines = {m: Engine(target=model, draft=draft, method=m, threads=args.threads, n_ctx=args.ctx_size)
+               for m in methods}
+    try:
+        for engine in engines.values():
             engine.chat([{"role": "user", "content": prompts[0]}], max_tokens=8)  # warm-up, as the server's
-            runs = [engine.chat([{"role": "user", "content": p}], max_tokens=args.max_tokens, temperature=0.0)
-                    for p in prompts]
-            speeds[method] = statistics.median(r.tokens_per_second for r in runs)
-    return speeds
+        served = {m: [] for m in methods}
+        direct = {m: [] for m in methods}
+        for prompt in prompts:
+            for m in methods:
+                served[m].append(one_request(urls[m], prompt, args.max_tokens).decode_tps)
+            for m in methods:
+                reply = engines[m].chat([{"role": "user", "content": prompt}], max_tokens=args.max_tokens,
+                                        temperature=0.0)
+                direct[m].append(reply.tokens_per_second)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    for m in methods:
+        if m == "ar":
+            continue
+        through_server = statistics.median(a / b for a, b in zip(served[m], served["ar"]) if b)
+        through_engine = statistics.median(a / b for a, b in zip(direct[m], direct["ar"]) if b)
+        print(f"single client, {len(prompts)} prompts interleaved: {m} {through_server:.2f}x ar through the "
+              f"server, {through_engine:.2f}x through Engine.chat (what `generate --chat` runs); "
+              f"server/Engine {through_server / through_engine:.2f}")
 
 
 if __name__ == "__main__":

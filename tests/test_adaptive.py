@@ -186,6 +186,27 @@ def test_a_winning_draft_skips_a_prefill_the_rest_of_the_generation_cannot_repay
     assert (short.prompt_prefills, long.prompt_prefills) == (0, 1)
 
 
+def test_a_plain_estimate_taken_under_load_is_corrected_as_soon_as_a_plain_step_beats_the_draft(monkeypatch):
+    """Plain's first steps ran while another program loaded the machine (2 s a step, then 1 s). The
+    draft (2 tokens in 2.6 s: 0.77 tok/s) looks faster than that estimate (0.5 tok/s) but loses to
+    plain's real speed. The first plain re-measure contradicts the estimate, and plain is measured
+    again step after step until the draft is seen to lose: without that, plain's running mean took
+    four re-measures 16 cycles apart (64 draft cycles) to catch up."""
+    steps = {"plain": 0}
+
+    def cost(arm):
+        if arm == "plain":
+            steps["plain"] += 1
+            return (2.0, 1) if steps["plain"] <= 2 else (1.0, 1)
+        return 2.6, 2
+
+    chosen = run(AdaptiveDrafter(FakeDrafter(), probe_every=16), 120, cost, monkeypatch)
+    first_plain_again = chosen.index("plain", 2)
+    assert chosen[2:first_plain_again] == ["draft"] * (first_plain_again - 2)  # it did look like a winner
+    assert chosen[first_plain_again:first_plain_again + 4] == ["plain"] * 4
+    assert chosen[first_plain_again + 10:].count("draft") <= 3  # only budgeted retries from there
+
+
 def test_free_guesses_are_judged_after_one_cycle(monkeypatch):
     # a cycle of free guesses costs no draft forward: one losing cycle is enough to stop them (a fresh
     # gate may meet seven kinds), where a draft gets min_samples

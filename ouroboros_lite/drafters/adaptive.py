@@ -35,7 +35,8 @@ Its cost is timed on a few prompt tokens (`DraftContext`). On the Qwen pair, 2 c
 prompt's draft prefill cost 0.77 s, six plain steps, of a 128-token HumanEval generation that then
 lost: a retry there now waits for a generation long enough to hide it. Plain is re-measured every
 `probe_every` cycles, so each estimate stays current and speculation comes back when the text turns
-predictable. The choice never changes the output: every tree is verified by the target, so the text
+predictable, and at once, step after step, while its steps beat an arm that wins against its estimate
+(an estimate taken while the machine was loaded). The choice never changes the output: every tree is verified by the target, so the text
 is ar's (acceptance.py).
 """
 
@@ -59,6 +60,7 @@ class Arm:
     cycles: int = 0
     best_tokens: float = 0.0  # what its cycles would have emitted had their longest path been accepted
     chances_skipped: int = 0  # plain: cycles since it was last re-measured
+    contradicted: bool = False  # plain: its last step beat the arm that runs in its place
     since_retry: float = 0.0  # seconds of generation since this arm last ran
 
     def update(self, tokens: int, seconds: float, best_tokens: int | None = None) -> None:
@@ -224,6 +226,8 @@ class AdaptiveDrafter:
             measured.update(tokens, now - start, best_tokens=depth + 1)
             if arm == self._retrying:
                 measured.cycles = max(measured.cycles, self.min_samples)  # one retry is one cycle
+            if arm == "plain":
+                measured.contradicted = self._contradicts(tokens / max(now - start, 1e-9))
             for other in self.arms.values():
                 other.since_retry += now - start
         self._pending = self._retrying = None
@@ -231,13 +235,23 @@ class AdaptiveDrafter:
     def _plain_is_due(self) -> bool:
         """Keep the plain step's estimate fresh (and measured at all) while speculation wins."""
         plain = self.arms["plain"]
-        if plain.cycles < self.min_samples:  # first: plain steps cost nothing against ar
+        if plain.cycles < self.min_samples or plain.contradicted:  # plain steps cost nothing against ar
             return True
         plain.chances_skipped += 1
         if plain.chances_skipped >= self.probe_every:
             plain.chances_skipped = 0
             return True
         return False
+
+    def _contradicts(self, plain_step_rate: float) -> bool:
+        """Whether a plain step just measured was faster than an arm that wins against plain's
+        estimate. The estimate may be stale: taken while the machine was loaded (another program, a
+        pip install), it makes a losing draft look like a winner for as long as its running mean takes
+        to catch up, re-measured only every `probe_every` cycles. A contradiction re-measures plain
+        at once, step after step, until the estimate and the steps agree."""
+        plain = self.arms["plain"]
+        return any(arm.cycles and plain.rate <= arm.rate < plain_step_rate
+                   for name, arm in self.arms.items() if name != "plain")
 
     def _worth(self, name: str, switch_cost=None) -> bool:
         """Whether to spend this cycle on arm `name`: unmeasured, faster than plain, or due a retry.
