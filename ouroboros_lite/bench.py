@@ -87,6 +87,7 @@ class MethodResult:
     spec: SpecStats = field(default_factory=SpecStats)
     mismatches: list[int] = field(default_factory=list)  # prompts whose text differs from ar's
     near_ties: list[int] = field(default_factory=list)  # those of them that first differ at a near-tie
+    divergences: dict[int, str] = field(default_factory=dict)  # prompt -> where its text left ar's, and the scores
     runs: dict[int, list[float]] = field(default_factory=dict)  # prompt index -> tok/s of each repeat
 
     @property
@@ -197,6 +198,13 @@ def run_method(runtime, tokens: list[int], method: str, max_tokens: int, samplin
     return generated, last
 
 
+def divergence(tie, generated: list[int], reference: list[int]) -> str:
+    """How a text that is not ar's left it: the tie check's scores, or where one of the two stopped."""
+    if tie is not None:
+        return tie.describe()
+    return f"the same tokens, but {len(generated)} of them where ar emitted {len(reference)}"
+
+
 def has_exact_flag(method: str, temperature: float) -> bool:
     """Whether the method's text must equal ar's: not sd's when sampling, which depends on its draft's draws."""
     return temperature <= 0 or drafters.method(method).sampled_like_ar
@@ -251,6 +259,7 @@ def cmd_bench(args) -> int:
                             result.add(len(generated), last, index)
                             if differs:
                                 result.mismatches.append(index)
+                                result.divergences[index] = divergence(tie, generated, reference)
                                 if tie is not None and tie.is_tie:
                                     result.near_ties.append(index)
                         reference = generated if reference is None else reference
@@ -268,6 +277,9 @@ def cmd_bench(args) -> int:
     for temperature, table in all_totals.items():
         print(f"\n[all]{temperature_label(temperature)}")
         print_table(table, temperature)
+        for r in table.values():  # the evidence for every NO: where the text left ar's and how the target scores it
+            for index in r.real_mismatches if has_exact_flag(r.method, temperature) else ():
+                print(f"{r.method} prompt {index}: {r.divergences.get(index, '?')}")
     if profile is not None:
         print_projection(totals, profile)
     run = {"target": Path(args.model).name, "draft": Path(args.draft).name if args.draft else None,

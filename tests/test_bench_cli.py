@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+from ouroboros_lite.bench import divergence
 from ouroboros_lite.costs import CostProfile
 from ouroboros_lite.tune import choose_params
 
@@ -74,3 +75,6 @@ def test_tie_check_tells_a_near_tie_from_a_real_difference(pair):
     distant = check_tie(pair.verifier, prompt, reference, far)
     assert not distant.is_tie and not distant.ranked_both_ways and "NO tie" in distant.describe()
     assert check_tie(pair.verifier, prompt, reference, reference[:i]) is None  # stopped early: no token differs
+    # what bench prints beside a NO, as its evidence
+    assert divergence(distant, far, reference) == distant.describe()
+    assert divergence(None, reference[:i], reference) == f"the same tokens, but {i} of them where ar emitted 12"
