@@ -4,8 +4,8 @@
 
 It starts a server per method (--parallel = the most clients, so nobody waits for a slot), all at
 once (an idle one costs no CPU), sends each a warm-up request, then for each method and client count
-runs that many threads, each sending streamed
-chat requests over Spec-Bench prompts (greedy) until `--requests` requests per level are done.
+runs that many threads, each sending streamed chat requests over Spec-Bench prompts (greedy) until
+`--requests` requests per level are done.
 Reported per level: requests/s, aggregate tok/s (generated tokens over the wall time), p50/p95
 time to first token, median per-request tok/s (tokens after the first over the time from the first
 to the last). With --compare-generate, the single-client speed-up of each method over `ar` through

@@ -279,7 +279,7 @@ def cmd_bench(args) -> int:
         print_table(table, temperature)
         for r in table.values():  # the evidence for every NO: where the text left ar's and how the target scores it
             for index in r.real_mismatches if has_exact_flag(r.method, temperature) else ():
-                print(f"{r.method} prompt {index}: {r.divergences.get(index, '?')}")
+                print(f"{r.method} prompt {index}: {r.divergences[index]}")
     if profile is not None:
         print_projection(totals, profile)
     run = {"target": Path(args.model).name, "draft": Path(args.draft).name if args.draft else None,

@@ -36,8 +36,8 @@ prompt's draft prefill cost 0.77 s, six plain steps, of a 128-token HumanEval ge
 lost: a retry there now waits for a generation long enough to hide it. Plain is re-measured every
 `probe_every` cycles, so each estimate stays current and speculation comes back when the text turns
 predictable, and at once, step after step, while its steps beat an arm that wins against its estimate
-(an estimate taken while the machine was loaded). The choice never changes the output: every tree is verified by the target, so the text
-is ar's (acceptance.py).
+(an estimate taken while the machine was loaded). The choice never changes the output: every tree is
+verified by the target, so the text is ar's (acceptance.py).
 """
 
 from __future__ import annotations
