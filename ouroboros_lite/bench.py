@@ -198,6 +198,19 @@ def run_method(runtime, tokens: list[int], method: str, max_tokens: int, samplin
     return generated, last
 
 
+def run_witnessed(runtime, tokens: list[int], method: str, max_tokens: int, sampling, expected: list[int] | None):
+    """run_method, and the witness of where its text left `expected` (prompt + reference): the index
+    of the first differing token and the logits row its verifier chose it from (None if it did not)."""
+    verifier = runtime.verifier
+    verifier.expected, verifier.departure = expected, None
+    try:
+        result = run_method(runtime, tokens, method, max_tokens, sampling)
+        departure = verifier.departure
+    finally:
+        verifier.expected, verifier.departure = None, None
+    return result, None if departure is None else (departure[0] - len(tokens), departure[1])
+
+
 def divergence(tie, generated: list[int], reference: list[int]) -> str:
     """How a text that is not ar's left it: the tie check's scores, or where one of the two stopped."""
     if tie is not None:
@@ -249,11 +262,14 @@ def cmd_bench(args) -> int:
                 reference = None
                 for repeat in range(args.repeat):  # interleaved: a burst of load hits every method alike
                     for method in methods:
-                        generated, last = run_method(runtime, tokens, method, args.max_tokens, sampling)
+                        checked = repeat == 0 and reference is not None and has_exact_flag(method, temperature)
+                        watched = tokens + reference if checked else None
+                        (generated, last), witness = run_witnessed(runtime, tokens, method, args.max_tokens,
+                                                                   sampling, watched)
                         differs = repeat == 0 and reference is not None and generated != reference
                         tie = None
-                        if differs and has_exact_flag(method, temperature):
-                            tie = check_tie(runtime.verifier, tokens, reference, generated, sampling)
+                        if differs and checked:
+                            tie = check_tie(runtime.verifier, tokens, reference, generated, sampling, witness)
                         for table in tables:
                             result = table.setdefault(method, MethodResult(method))
                             result.add(len(generated), last, index)

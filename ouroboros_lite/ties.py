@@ -9,7 +9,15 @@ target recomputes the two tokens' scores after the identical prefix several ways
 time as plain decoding does, and with the prefix prefilled and its last k tokens batched. It is a
 tie if the target itself ranks the two tokens both ways, or their mean gap is within the spread of
 one token's own score across those computations (the kernel noise on this model here). A verifier
-bug, emitting a token the target clearly ranks lower, fails both. The tests and `bench` share it.
+bug, emitting a token the target clearly ranks lower, fails both.
+
+Those recomputations build the prefix's KV cache in one or two batches; the run under test built
+it cycle by cycle in batches of every size, and its rounding can differ more than theirs. So a run
+may also bring its witness: the logits row its verifier chose the token from (TreeVerifier records
+it). It proves a tie when that row ranks the candidate first (the verifier obeyed the target) and
+differs from the one-token-at-a-time row by no more than twice as much as the recomputations differ
+from it among themselves (the row is the target's, computed another way, not a corrupted cache).
+The tests and `bench` share it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from .tree import TokenTree
 from .verify import TreeVerifier
 
 REBATCHINGS = (1, 2, 8, 32)  # batch sizes of the prefix's last tokens; None (one at a time) is added
+WITNESS_DRIFT = 2.0  # a witness row may drift this many times the recomputations' own row drift
 
 
 @dataclass(frozen=True)
@@ -31,19 +40,31 @@ class TieCheck:
     tokens: tuple[int, int]  # (reference's token, candidate's token) there
     gaps: tuple[float, ...]  # score(reference) - score(candidate), per way of computing
     noise: float  # the largest spread of one token's score across the ways
+    row_noise: float = 0.0  # the largest |difference| of a recomputed logits row from the one-at-a-time row
+    witness_gap: float | None = None  # the gap in the row the run chose from (None: no witness)
+    witness_drift: float | None = None  # that row's largest |difference| from the one-at-a-time row
 
     @property
     def ranked_both_ways(self) -> bool:
         return any(g > 0 for g in self.gaps) and any(g < 0 for g in self.gaps)
 
     @property
+    def witnessed(self) -> bool:
+        return (self.witness_gap is not None and self.witness_gap <= 0
+                and self.witness_drift <= WITNESS_DRIFT * self.row_noise)
+
+    @property
     def is_tie(self) -> bool:
-        return self.ranked_both_ways or abs(float(np.mean(self.gaps))) <= self.noise
+        return self.ranked_both_ways or abs(float(np.mean(self.gaps))) <= self.noise or self.witnessed
 
     def describe(self) -> str:
         verdict = "near-tie" if self.is_tie else "NO tie"
-        return (f"{verdict} at token {self.index} ({self.tokens[0]} vs {self.tokens[1]}): score gaps "
+        text = (f"{verdict} at token {self.index} ({self.tokens[0]} vs {self.tokens[1]}): score gaps "
                 f"{np.round(self.gaps, 4).tolist()}, kernel noise {self.noise:.4f}")
+        if self.witness_gap is not None:
+            text += (f"; the run's own row: gap {self.witness_gap:.4f}, row drift {self.witness_drift:.4f} "
+                     f"(recomputed rows drift up to {self.row_noise:.4f})")
+        return text
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -55,11 +76,14 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 
 
 def check_tie(verifier: TreeVerifier, prompt: list[int], reference: list[int], candidate: list[int],
-              sampling: SamplingParams | None = None) -> TieCheck | None:
+              sampling: SamplingParams | None = None,
+              witness: tuple[int, np.ndarray] | None = None) -> TieCheck | None:
     """Measure the divergence of `candidate` from `reference` (both continuations of `prompt`).
 
     None when no token differs (one text only stops earlier). Leaves the verifier's cache empty.
-    Greedy scores are logits; sampled ones are the log-probability plus the keyed noise of the draw."""
+    Greedy scores are logits; sampled ones are the log-probability plus the keyed noise of the draw.
+    witness: (index, logits row) from the candidate's run (TreeVerifier.departure, the index counted
+    in the continuation); weighed when its index is the divergence's."""
     i = first_difference(reference, candidate)
     if i is None or i >= min(len(reference), len(candidate)):
         return None
@@ -67,14 +91,24 @@ def check_tie(verifier: TreeVerifier, prompt: list[int], reference: list[int], c
     longest = min(len(prompt) + i - 1, verifier.max_nodes + 1)
     ways = [None] + [k for k in REBATCHINGS if k <= longest]
     history = prompt + reference[:i]
-    rows = np.array([_scores(verifier, prompt, reference[:i], k, pair, history, sampling) for k in ways])
+    logits = [logits_after(verifier, prompt, reference[:i], k) for k in ways]
     verifier.reset()
+    rows = np.array([_scores(row, pair, history, sampling) for row in logits])
     gaps = rows[:, 0] - rows[:, 1]
-    return TieCheck(i, (int(pair[0]), int(pair[1])), tuple(float(g) for g in gaps), float(np.max(np.ptp(rows, axis=0))))
+    row_noise = max((_drift(row, logits[0]) for row in logits[1:]), default=0.0)
+    witness_gap = witness_drift = None
+    if witness is not None and witness[0] == i:
+        scores = _scores(witness[1], pair, history, sampling)
+        witness_gap, witness_drift = float(scores[0] - scores[1]), _drift(witness[1], logits[0])
+    return TieCheck(i, (int(pair[0]), int(pair[1])), tuple(float(g) for g in gaps),
+                    float(np.max(np.ptp(rows, axis=0))), row_noise, witness_gap, witness_drift)
 
 
-def _scores(verifier, prompt, continuation, k, pair, history, sampling) -> np.ndarray:
-    logits = logits_after(verifier, prompt, continuation, k)
+def _drift(row: np.ndarray, base: np.ndarray) -> float:
+    return float(np.max(np.abs(row.astype(np.float64) - base)))
+
+
+def _scores(logits: np.ndarray, pair: np.ndarray, history: list[int], sampling: SamplingParams | None) -> np.ndarray:
     if sampling is None or sampling.plain_greedy:
         return logits[pair].astype(np.float64)
     seed = resolve_seed(sampling.seed)

@@ -54,6 +54,11 @@ class TreeVerifier:
         self._next = native.ffi.new("int32_t *")
         self.cached: list[int] = []  # the tokens sequence 0 of the KV cache holds, in order
         self.record_logprobs = False  # Outcome.logprobs filled in (stream_generate sets it per generation)
+        # the witness of a divergence (bench sets `expected`, the reference's prompt + text, by position):
+        # the first position a cycle emits another token than expected there, and a copy of the logits
+        # row the target chose it from. ties.check_tie weighs that row beside its own recomputations.
+        self.expected: list[int] | None = None
+        self.departure: tuple[int, np.ndarray] | None = None
         # interrupt_prefill raises this flag while a prompt decodes; llama.cpp checks it between graph nodes
         self._abort = native.ffi.new("int32_t *")
         self._abort_lock = threading.Lock()
@@ -210,10 +215,12 @@ class TreeVerifier:
 
     def _commit(self, tree: TokenTree, argmax: np.ndarray, path: list[int], next_token: int) -> Outcome:
         tokens = tuple(tree.tokens[i] for i in path) + (next_token,)
+        rows = [0, *(i + 1 for i in path)]  # a token's distribution is its parent's row
         logprobs = ()
         if self.record_logprobs:  # read before the commit, which ends the rows' life
-            rows = [0, *(i + 1 for i in path)]  # a token's distribution is its parent's row
             logprobs = tuple(log_probability(self.logits(row), token) for row, token in zip(rows, tokens))
+        if self.expected is not None and self.departure is None:
+            self._note_departure(rows, tokens)
         self.commit(path[-1] if path else -1)
         return Outcome(
             tree=tree,
@@ -223,6 +230,14 @@ class TreeVerifier:
             argmax=argmax,
             logprobs=logprobs,
         )
+
+    def _note_departure(self, rows: list[int], tokens: tuple[int, ...]) -> None:
+        first = len(self.cached) + 1  # the root sits at len(cached); its row decides the next position
+        for k, (row, token) in enumerate(zip(rows, tokens)):
+            position = first + k
+            if position < len(self.expected) and self.expected[position] != token:
+                self.departure = (position, self.logits(row).copy())
+                return
 
 
 def log_probability(logits: np.ndarray, token: int) -> float:

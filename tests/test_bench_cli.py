@@ -78,3 +78,51 @@ def test_tie_check_tells_a_near_tie_from_a_real_difference(pair):
     # what bench prints beside a NO, as its evidence
     assert divergence(distant, far, reference) == distant.describe()
     assert divergence(None, reference[:i], reference) == f"the same tokens, but {i} of them where ar emitted 12"
+
+
+def test_a_runs_own_logits_row_witnesses_where_its_text_left_the_reference(pair):
+    """The verifier keeps the row it chose the first token off `expected` from; check_tie weighs it."""
+    import numpy as np
+
+    from ouroboros_lite.bench import run_witnessed
+    from ouroboros_lite.sampling import GREEDY
+    from ouroboros_lite.ties import check_tie, logits_after
+
+    from support import generate_ids
+
+    prompt = pair.tokenize_prompt("Name three colours.", chat=True)
+    reference = generate_ids(pair, prompt, 12, "ar")
+    i = 5
+    row = logits_after(pair.verifier, prompt, reference[:i], None)
+    runner_up = int(np.argsort(-row)[1])
+    expected = prompt + reference[:i] + [runner_up] + reference[i + 1:]  # a text that leaves ar's at i
+    for method in ("ar", "pld"):
+        (generated, _), witness = run_witnessed(pair, prompt, method, 12, GREEDY, expected)
+        assert generated == reference and witness[0] == i, method
+        assert int(np.argmax(witness[1])) == reference[i] and np.abs(witness[1] - row).max() < 1e-3, method
+        assert pair.verifier.expected is None and pair.verifier.departure is None  # nothing left behind
+    (_, _), none = run_witnessed(pair, prompt, "pld", 12, GREEDY, prompt + reference)
+    assert none is None  # the text never left `expected`
+    # a run that emitted the runner-up from this row disobeyed the target: its witness proves nothing
+    candidate = reference[:i] + [runner_up]
+    check = check_tie(pair.verifier, prompt, reference, candidate, witness=witness)
+    assert check.witness_gap > 0 and not check.witnessed
+    # nor does a row where the runner-up leads only because the row is not the target's (a bad cache)
+    forged = row.copy()
+    forged[runner_up] = row.max() + 1.0
+    check = check_tie(pair.verifier, prompt, reference, candidate, witness=(i, forged))
+    assert check.witness_gap < 0 and check.witness_drift > 2 * check.row_noise and not check.witnessed
+    assert check_tie(pair.verifier, prompt, reference, candidate, witness=(i + 1, forged)).witness_gap is None
+
+
+def test_a_witness_row_that_ranks_the_candidate_first_within_the_kernels_drift_proves_a_tie():
+    from ouroboros_lite.ties import TieCheck
+
+    # the Qwen target on this EPYC, sd on Spec-Bench prompt 1 (the recomputations all ranked 429 first)
+    seen = dict(index=5, tokens=(429, 1424), gaps=(0.1268, 0.2204, 0.1664, 0.1152, 0.1678), noise=0.1201,
+                row_noise=0.4778)
+    assert not TieCheck(**seen).is_tie
+    assert TieCheck(**seen, witness_gap=-0.0652, witness_drift=0.4494).is_tie
+    assert not TieCheck(**seen, witness_gap=0.0652, witness_drift=0.4494).is_tie  # the row ranked 429 first
+    assert not TieCheck(**seen, witness_gap=-0.0652, witness_drift=2.5).is_tie  # the row is not the target's
+    assert "the run's own row: gap -0.0652" in TieCheck(**seen, witness_gap=-0.0652, witness_drift=0.4494).describe()
