@@ -17,7 +17,7 @@ may also bring its witness: the logits row its verifier chose the token from (Tr
 it). It proves a tie when that row ranks the candidate first (the verifier obeyed the target) and
 differs from the one-token-at-a-time row by no more than twice as much as the recomputations differ
 from it among themselves (the row is the target's, computed another way, not a corrupted cache).
-The tests and `bench` share it.
+The tests and `bench` share the recomputations; only `bench` brings witnesses (run_witnessed).
 """
 
 from __future__ import annotations
