@@ -32,6 +32,7 @@ from .verify import TreeVerifier
 
 REBATCHINGS = (1, 2, 8, 32)  # batch sizes of the prefix's last tokens; None (one at a time) is added
 WITNESS_DRIFT = 2.0  # a witness row may drift this many times the recomputations' own row drift
+FILTERED = -1e30  # the score of a token the sampling filters (top-k, top-p, min-p) dropped in a computation
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class TieCheck:
     row_noise: float = 0.0  # the largest |difference| of a recomputed logits row from the one-at-a-time row
     witness_gap: float | None = None  # the gap in the row the run chose from (None: no witness)
     witness_drift: float | None = None  # that row's largest |difference| from the one-at-a-time row
+    filtered: int = 0  # computations in which a sampling filter dropped one of the two tokens
 
     @property
     def ranked_both_ways(self) -> bool:
@@ -60,11 +62,29 @@ class TieCheck:
     def describe(self) -> str:
         verdict = "near-tie" if self.is_tie else "NO tie"
         text = (f"{verdict} at token {self.index} ({self.tokens[0]} vs {self.tokens[1]}): score gaps "
-                f"{np.round(self.gaps, 4).tolist()}, kernel noise {self.noise:.4f}")
+                f"[{', '.join(_gap_text(g) for g in self.gaps)}], kernel noise {self.noise:.4f}")
+        if self.filtered:
+            text += f" (a sampling filter dropped one of the two in {self.filtered} of {len(self.gaps)} computations)"
         if self.witness_gap is not None:
-            text += (f"; the run's own row: gap {self.witness_gap:.4f}, row drift {self.witness_drift:.4f} "
+            text += (f"; the run's own row: gap {_gap_text(self.witness_gap)}, row drift {self.witness_drift:.4f} "
                      f"(recomputed rows drift up to {self.row_noise:.4f})")
         return text
+
+
+def _gap_text(gap: float) -> str:
+    """A gap, or which token a filter dropped: its sign still ranks the two, its size means nothing."""
+    if abs(gap) < -FILTERED / 2:
+        return f"{gap:.4f}"
+    return "candidate filtered" if gap > 0 else "reference filtered"
+
+
+def score_noise(rows: np.ndarray) -> tuple[float, int]:
+    """(the largest spread of one token's score across the computations, leaving out those where a
+    filter dropped it; the number of computations where one of the two was dropped). rows: one
+    (reference, candidate) score pair per computation."""
+    kept = rows > FILTERED / 2
+    spreads = [float(np.ptp(column[keep])) for column, keep in zip(rows.T, kept.T) if keep.any()]
+    return max(spreads, default=0.0), int(np.sum(~kept.all(axis=1)))
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -100,8 +120,9 @@ def check_tie(verifier: TreeVerifier, prompt: list[int], reference: list[int], c
     if witness is not None and witness[0] == i:
         scores = _scores(witness[1], pair, history, sampling)
         witness_gap, witness_drift = float(scores[0] - scores[1]), _drift(witness[1], logits[0])
+    noise, filtered = score_noise(rows)
     return TieCheck(i, (int(pair[0]), int(pair[1])), tuple(float(g) for g in gaps),
-                    float(np.max(np.ptp(rows, axis=0))), row_noise, witness_gap, witness_drift)
+                    noise, row_noise, witness_gap, witness_drift, filtered)
 
 
 def _drift(row: np.ndarray, base: np.ndarray) -> float:
@@ -116,7 +137,7 @@ def _scores(logits: np.ndarray, pair: np.ndarray, history: list[int], sampling: 
         scores = np.log(Sampler(sampling, seed).probabilities(logits, history)[pair])
     if not sampling.greedy:
         scores = scores + keyed_gumbel(seed, len(history), pair)
-    return np.where(np.isfinite(scores), scores, -1e30)
+    return np.where(np.isfinite(scores), scores, FILTERED)
 
 
 def logits_after(verifier: TreeVerifier, prompt: list[int], continuation: list[int], k: int | None) -> np.ndarray:

@@ -126,3 +126,26 @@ def test_a_witness_row_that_ranks_the_candidate_first_within_the_kernels_drift_p
     assert not TieCheck(**seen, witness_gap=0.0652, witness_drift=0.4494).is_tie  # the row ranked 429 first
     assert not TieCheck(**seen, witness_gap=-0.0652, witness_drift=2.5).is_tie  # the row is not the target's
     assert "the run's own row: gap -0.0652" in TieCheck(**seen, witness_gap=-0.0652, witness_drift=0.4494).describe()
+
+
+def test_a_token_a_sampling_filter_drops_in_some_computations_is_reported_not_counted_as_noise():
+    import numpy as np
+    import pytest
+
+    from ouroboros_lite.ties import FILTERED, TieCheck, score_noise
+
+    # Spec-Bench prompt 9 at T 1.0 on this EPYC: ar's token led by 1.5-1.7 in four computations, the k=32
+    # batching's filter dropped it
+    rows = np.array([[10.2, 8.6], [10.1, 8.5], [10.3, 8.6], [10.2, 8.6], [FILTERED, 8.7]])
+    noise, filtered = score_noise(rows)
+    assert noise == pytest.approx(0.2) and filtered == 1  # the spread of the scores that were computed
+    gaps = tuple(rows[:, 0] - rows[:, 1])
+    check = TieCheck(index=3, tokens=(11, 12), gaps=gaps, noise=noise, filtered=filtered)
+    assert check.is_tie  # ranked both ways: the filter's boundary is where the kernels disagree
+    text = check.describe()
+    assert "1e+30" not in text and "reference filtered" in text and "in 1 of 5 computations" in text
+    # dropped the same way everywhere it is no tie, and its sentinel does not pass for noise
+    always = np.array([[FILTERED, 8.6]] * 3)
+    noise, filtered = score_noise(always)
+    check = TieCheck(index=3, tokens=(11, 12), gaps=tuple(always[:, 0] - always[:, 1]), noise=noise, filtered=filtered)
+    assert filtered == 3 and noise < 1e-9 and not check.is_tie

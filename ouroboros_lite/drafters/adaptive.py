@@ -23,7 +23,11 @@ plain steps (its seconds minus the time plain steps take for its tokens), so ret
 `probe_overhead` (2 %) of the time however badly the arm loses: a cheap loser is retried often, an
 expensive one (a 6-step tree on a CPU whose batches cost nearly a step per token) rarely. A retry's
 cycle replaces the arm's estimate instead of joining its running mean (what it measured before is
-stale), so one winning retry turns the arm back on.
+stale), so one winning retry turns the arm back on. The budget is shared by generations, but a
+retry's loss lands on one, so a retry, and the `min_samples` cycles that confirm a retry's win, run
+only where that cycle would keep its generation within `probe_overhead` of plain steps even if it
+emitted just the target's token (`_affordable`): not in a short answer, where one losing copy on the
+Qwen pair cost a third of the time, but later in a long one.
 
 The draft's prompt is prefilled only when the draft first runs in a generation, outside any cycle's
 time, and only where the generation's horizon (`max_tokens` less what it emitted) allows: a draft
@@ -62,6 +66,7 @@ class Arm:
     chances_skipped: int = 0  # plain: cycles since it was last re-measured
     contradicted: bool = False  # plain: its last step beat the arm that runs in its place
     since_retry: float = 0.0  # seconds of generation since this arm last ran
+    on_trial: int = 0  # cycles left before a retried arm's estimate rests on more than its retry
 
     def update(self, tokens: int, seconds: float, best_tokens: int | None = None) -> None:
         a = 1.0 if self.cycles == 0 else self.smoothing
@@ -146,6 +151,8 @@ class AdaptiveDrafter:
         self._retrying: str | None = None  # the losing arm this cycle retries
         self._inner_proposed = False
         self._tokens_left = math.inf  # what this generation may still emit
+        self._started: float | None = None  # when this generation's first cycle began
+        self._gained = 0.0  # seconds its speculative cycles saved against plain steps (negative: lost)
 
     @property
     def draft_forwards(self) -> int:
@@ -160,6 +167,7 @@ class AdaptiveDrafter:
         self.cycles_by_arm = {}
         self._tokens_left = math.inf if max_tokens is None else max_tokens
         self._pending = self._retrying = None  # the prefill before the first cycle is nobody's cost
+        self._started, self._gained = None, 0.0
 
     def close(self) -> None:
         self.inner.close()
@@ -174,6 +182,7 @@ class AdaptiveDrafter:
     # --- one cycle ----------------------------------------------------------------------------------
     def propose(self, history: list[int], budget: int) -> TokenTree:
         now = time.perf_counter()
+        self._started = now if self._started is None else self._started
         self._pending = self._retrying = None  # a cycle that was never observed counts for nothing
         tree = TokenTree()
         self._inner_proposed = False
@@ -226,8 +235,12 @@ class AdaptiveDrafter:
             measured.update(tokens, now - start, best_tokens=depth + 1)
             if arm == self._retrying:
                 measured.cycles = max(measured.cycles, self.min_samples)  # one retry is one cycle
+                measured.on_trial = self.min_samples
+            measured.on_trial = max(0, measured.on_trial - 1)
             if arm == "plain":
                 measured.contradicted = self._contradicts(tokens / max(now - start, 1e-9))
+            else:
+                self._gained += tokens / self.arms["plain"].rate - (now - start)
             for other in self.arms.values():
                 other.since_retry += now - start
         self._pending = self._retrying = None
@@ -273,6 +286,8 @@ class AdaptiveDrafter:
             seconds_saved = self._tokens_left * (1 / plain.rate - 1 / arm.rate)
             if math.isfinite(seconds_saved) and seconds_saved < switch():
                 return False
+            if arm.on_trial and not self._affordable(arm, switch()):
+                return False  # one lucky retry: confirmed only where a loss would stay small
             arm.since_retry = 0.0
             return True
         # what one more cycle of it should cost
@@ -282,10 +297,23 @@ class AdaptiveDrafter:
         if arm.since_retry * share < loss:
             return False
         cost = switch()
-        if arm.since_retry * share >= loss + cost and self._try(arm, cost):  # a retry, within the budget
+        if arm.since_retry * share >= loss + cost and self._affordable(arm, cost) and self._try(arm, cost):
             self._retrying = name
             return True
         return False
+
+    def _affordable(self, arm: Arm, switch_seconds: float) -> bool:
+        """Whether one more uncertain cycle of `arm` (a retry, or a cycle confirming a retry's win)
+        keeps this generation within `probe_overhead` of plain steps should it emit only the target's
+        own token: what that cycle would lose (its switch, and its estimated seconds less one plain
+        step) is at most probe_overhead of the seconds the generation has run, plus what its
+        speculative cycles saved so far. A retry's budget is shared by generations, but its loss lands
+        on one: on the Qwen pair, 2 cores, a copy that a lucky retry had turned back on took a 12-token
+        answer to 0.63x plain steps (Spec-Bench prompt 25)."""
+        plain = self.arms["plain"]
+        loss = switch_seconds + max(arm.seconds - 1 / plain.rate, 0.0)
+        ran = time.perf_counter() - self._started if self._started is not None else 0.0
+        return loss <= self.probe_overhead * ran + self._gained
 
     def _samples_to_judge(self, name: str) -> int:
         """Cycles an arm runs before it is judged: a draft's `min_samples`; one for free guesses, whose
