@@ -24,10 +24,11 @@ plain steps (its seconds minus the time plain steps take for its tokens), so ret
 expensive one (a 6-step tree on a CPU whose batches cost nearly a step per token) rarely. A retry's
 cycle replaces the arm's estimate instead of joining its running mean (what it measured before is
 stale), so one winning retry turns the arm back on. The budget is shared by generations, but a
-retry's loss lands on one, so a retry, and the `min_samples` cycles that confirm a retry's win, run
-only where that cycle would keep its generation within `probe_overhead` of plain steps even if it
-emitted just the target's token (`_affordable`): not in a short answer, where one losing copy on the
-Qwen pair cost a third of the time, but later in a long one.
+retry's loss lands on one, so a retry, and the cycles after a winning one until its estimate rests
+on `min_samples` of them, run only where that cycle would keep its generation within
+`probe_overhead` of plain steps even if it emitted just the target's token (`_affordable`): not in
+a short answer, where one losing copy on the Qwen pair cost a third of the time, but later in a
+long one.
 
 The draft's prompt is prefilled only when the draft first runs in a generation, outside any cycle's
 time, and only where the generation's horizon (`max_tokens` less what it emitted) allows: a draft
