@@ -313,7 +313,7 @@ class AdaptiveDrafter:
         answer to 0.63x plain steps (Spec-Bench prompt 25)."""
         plain = self.arms["plain"]
         loss = switch_seconds + max(arm.seconds - 1 / plain.rate, 0.0)
-        ran = time.perf_counter() - self._started if self._started is not None else 0.0
+        ran = time.perf_counter() - self._started  # propose set it before asking
         return loss <= self.probe_overhead * ran + self._gained
 
     def _samples_to_judge(self, name: str) -> int:
