@@ -165,12 +165,44 @@ def test_a_losing_draft_is_retried_only_where_its_prompt_prefill_stays_small_bes
     assert drafted >= 1 and prefills >= 1
 
 
-def test_a_draft_never_measured_is_tried_once_whatever_its_prefill(monkeypatch):
-    # what it might gain is unknown until it ran (on the test pair a prefill of 7 % of the generation buys 45 %)
+def test_a_draft_never_measured_is_tried_once_where_its_prefill_is_a_small_share_of_the_generation(monkeypatch):
+    """What it might gain is unknown until it ran (on the test pair a prefill of 7 % of the generation
+    buys 45 %), so a 5 s prefill is paid in a 60-step generation (8 %); in a 30-step one (17 %; on the
+    Qwen pair a HumanEval prompt's prefill took the first problem to 0.59x) it waits for a later one."""
+    cost = lambda arm: (2.0, 4) if arm == "draft" else (1.0, 1)  # noqa: E731
     inner = FakeDrafter(prompt_seconds=5.0)
-    chosen = run(AdaptiveDrafter(inner), 40, lambda arm: (2.0, 4) if arm == "draft" else (1.0, 1),
-                 monkeypatch, max_tokens=60)
+    chosen = run(AdaptiveDrafter(inner), 40, cost, monkeypatch, max_tokens=60)
     assert chosen[2] == "draft" and inner.prompt_prefills == 1
+
+    shared = {}
+    short = FakeDrafter(prompt_seconds=5.0)
+    assert "draft" not in run(AdaptiveDrafter(short, arms=shared), 30, cost, monkeypatch, max_tokens=30)
+    assert short.prompt_prefills == 0 and not shared["draft"].cycles
+    later = FakeDrafter(prompt_seconds=5.0)
+    assert run(AdaptiveDrafter(later, arms=shared), 40, cost, monkeypatch, max_tokens=60)[2] == "draft"
+
+
+def test_pricing_the_drafts_prefill_is_not_charged_to_the_plain_step_it_declines_for(monkeypatch):
+    """Pricing the prefill runs a few of the draft's prompt tokens (here 10 plain steps' time); when the
+    first try is declined, that time is not the plain step's: on the Qwen pair it made plain look 10x
+    slower than it was, and the inflated rest-of-generation then let the dear first try in."""
+    clock = [0.0]
+    monkeypatch.setattr(adaptive.time, "perf_counter", lambda: clock[0])
+
+    class PricedDrafter(FakeDrafter):
+        def draft_prompt_seconds(self):
+            clock[0] += 10.0  # the timing samples
+            return super().draft_prompt_seconds()
+
+    inner = PricedDrafter(prompt_seconds=5.0)
+    gate = AdaptiveDrafter(inner)
+    gate.begin([1, 2, 3], max_tokens=30)  # a 5 s prefill is 17 % of 30 plain steps: declined
+    for _ in range(30):
+        tree = gate.propose([1, 2, 3], 8)
+        assert adaptive.arm_of(tree) == "plain"
+        clock[0] += 1.0
+        gate.observe(SimpleNamespace(tokens=(0,)))
+    assert gate.arms["plain"].rate == pytest.approx(1.0) and inner.prompt_prefills == 0
 
 
 def test_a_winning_draft_skips_a_prefill_the_rest_of_the_generation_cannot_repay(monkeypatch):

@@ -32,8 +32,11 @@ long one.
 
 The draft's prompt is prefilled only when the draft first runs in a generation, outside any cycle's
 time, and only where the generation's horizon (`max_tokens` less what it emitted) allows: a draft
-never measured takes it (its first try: what it might gain is unknown; on the test pair the prefill
-costs 7 % of a 128-token generation and drafting then gains 45 %); a retry or a second sample only
+never measured takes it where it costs at most `first_try_share` (10 %) of the rest of the generation
+at plain speed (its first try: what it might gain is unknown; on the test pair the prefill costs 7 %
+of a 128-token generation and drafting then gains 45 %; on the Qwen pair, 2 cores, a 118-token
+HumanEval prompt's draft prefill cost 1.2 s, 16 % of a 128-token generation, and took the first
+problem to 0.59-0.72x: such a first try waits for a shorter prompt or a longer answer); a retry or a second sample only
 while it stays within `probe_overhead` of the rest of the generation at plain speed (and, for a
 retry, within the shared budget); a winning draft only where what it saves over the rest repays it.
 Its cost is timed on a few prompt tokens (`DraftContext`). On the Qwen pair, 2 cores, a 117-token
@@ -134,8 +137,10 @@ class AdaptiveDrafter:
     """Wraps a drafter (ouroboros, or its draft-free mode) and gates its proposals by measured speed."""
 
     def __init__(self, inner, *, probe_every: int = 16, probe_overhead: float = 0.02, smoothing: float = SMOOTHING,
-                 min_samples: int = 2, arms: dict | None = None):
-        """arms: estimates shared with other gates of the same model pair (filled here if empty)."""
+                 min_samples: int = 2, first_try_share: float = 0.10, arms: dict | None = None):
+        """arms: estimates shared with other gates of the same model pair (filled here if empty);
+        first_try_share: the most of a generation's remaining plain-speed time that an arm's first try
+        may spend on its switch (the draft's prompt prefill)."""
         self.inner = inner
         self.name = inner.name
         self.runs_draft_model = inner.runs_draft_model
@@ -143,6 +148,7 @@ class AdaptiveDrafter:
         self.probe_every = probe_every
         self.probe_overhead = probe_overhead
         self.min_samples = min_samples
+        self.first_try_share = first_try_share
         self.arms = {} if arms is None else arms
         self.smoothing = smoothing
         for name in ARMS:
@@ -188,11 +194,12 @@ class AdaptiveDrafter:
         tree = TokenTree()
         self._inner_proposed = False
         if budget > 0 and not self._plain_is_due():
-            if self.runs_draft_model and self._worth("draft", self.inner.draft_prompt_seconds):
-                self.inner.prefill_draft_prompt()  # like the target's prefill, no cycle's cost
-                now = time.perf_counter()
-                tree = self.inner.propose(history, budget)
-            elif self.runs_draft_model:
+            drafting = self.runs_draft_model and self._worth("draft", self.inner.draft_prompt_seconds)
+            if drafting:
+                self.inner.prefill_draft_prompt()
+            # like the target's prefill, the draft's is no cycle's cost, nor are the samples that priced it
+            now = time.perf_counter()
+            if self.runs_draft_model and not drafting:
                 tree = self.inner.propose(history, budget, draft_model=False)
             else:
                 tree = self.inner.propose(history, budget)
@@ -270,7 +277,8 @@ class AdaptiveDrafter:
     def _worth(self, name: str, switch_cost=None) -> bool:
         """Whether to spend this cycle on arm `name`: unmeasured, faster than plain, or due a retry.
         switch_cost: () -> seconds that taking the arm costs once before its cycle in this generation
-        (the draft's prompt prefill). A never-measured arm is tried once; a faster arm takes the
+        (the draft's prompt prefill). A never-measured arm is tried once, where its switch costs at most
+        `first_try_share` of the rest of the generation at plain speed; a faster arm takes the
         switch when the rest of the generation repays it; a second sample or a retry only when it stays
         within `probe_overhead` of the rest of the generation (so no prompt pays much for exploring)
         and, for a retry, within the shared budget."""
@@ -279,8 +287,7 @@ class AdaptiveDrafter:
         # one cycle says enough when even its best case (every longest path accepted) loses
         hopeless = arm.cycles > 0 and plain.cycles >= self.min_samples and arm.ceiling < plain.rate
         if arm.cycles == 0:  # never measured: what it could gain is unknown, so it is tried once
-            arm.since_retry = 0.0
-            return True
+            return self._try(arm, switch(), self.first_try_share)
         if arm.cycles < self._samples_to_judge(name) and not hopeless:
             return self._try(arm, switch())
         if arm.rate >= plain.rate:
@@ -321,11 +328,11 @@ class AdaptiveDrafter:
         cycles are cheap to retry (a fresh gate meets up to seven kinds of them)."""
         return self.min_samples if name == "draft" else 1
 
-    def _try(self, arm: Arm, switch_seconds: float) -> bool:
-        """Try an arm whose speed is unknown or stale, unless its switch would cost more than
-        `probe_overhead` of what the rest of this generation takes at plain speed."""
+    def _try(self, arm: Arm, switch_seconds: float, share: float | None = None) -> bool:
+        """Try an arm whose speed is unknown or stale, unless its switch would cost more than `share`
+        (`probe_overhead` unless given) of what the rest of this generation takes at plain speed."""
         seconds_left = self._tokens_left / self.arms["plain"].rate
-        if switch_seconds > self.probe_overhead * seconds_left:
+        if switch_seconds > (self.probe_overhead if share is None else share) * seconds_left:
             return False
         arm.since_retry = 0.0
         return True
