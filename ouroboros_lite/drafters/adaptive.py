@@ -36,9 +36,10 @@ never measured takes it where it costs at most `first_try_share` (10 %) of the r
 at plain speed (its first try: what it might gain is unknown; on the test pair the prefill costs 7 %
 of a 128-token generation and drafting then gains 45 %; on the Qwen pair, 2 cores, a 118-token
 HumanEval prompt's draft prefill cost 1.2 s, 16 % of a 128-token generation, and took the first
-problem to 0.59-0.72x: such a first try waits for a shorter prompt or a longer answer); a retry or a second sample only
-while it stays within `probe_overhead` of the rest of the generation at plain speed (and, for a
-retry, within the shared budget); a winning draft only where what it saves over the rest repays it.
+problem to 0.59-0.72x: such a first try waits for a shorter prompt or a longer answer); a retry or
+a second sample only while it stays within `probe_overhead` of the rest of the generation at plain
+speed (and, for a retry, within the shared budget); a winning draft only where what it saves over the
+rest repays it.
 Its cost is timed on a few prompt tokens (`DraftContext`). On the Qwen pair, 2 cores, a 117-token
 prompt's draft prefill cost 0.77 s, six plain steps, of a 128-token HumanEval generation that then
 lost: a retry there now waits for a generation long enough to hide it. Plain is re-measured every
