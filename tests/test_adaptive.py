@@ -47,10 +47,11 @@ class FakeDrafter:
         pass
 
 
-def run(drafter, cycles, cost, monkeypatch, max_tokens=None):
+def run(drafter, cycles, cost, monkeypatch, max_tokens=None, clock=None):
     """cost(arm) -> (seconds, tokens emitted) of one cycle of that arm; returns the arms chosen.
-    max_tokens: what the generation may emit, as generate() tells the drafter (None: no end)."""
-    clock = [0.0]
+    max_tokens: what the generation may emit, as generate() tells the drafter (None: no end);
+    clock: the fake clock, [seconds], for a drafter that spends time of its own (a fresh one if None)."""
+    clock = [0.0] if clock is None else clock
     monkeypatch.setattr(adaptive.time, "perf_counter", lambda: clock[0])
     chosen = []
     drafter.begin([1, 2, 3], max_tokens=max_tokens)
@@ -187,7 +188,6 @@ def test_pricing_the_drafts_prefill_is_not_charged_to_the_plain_step_it_declines
     first try is declined, that time is not the plain step's: on the Qwen pair it made plain look 10x
     slower than it was, and the inflated rest-of-generation then let the dear first try in."""
     clock = [0.0]
-    monkeypatch.setattr(adaptive.time, "perf_counter", lambda: clock[0])
 
     class PricedDrafter(FakeDrafter):
         def draft_prompt_seconds(self):
@@ -196,12 +196,9 @@ def test_pricing_the_drafts_prefill_is_not_charged_to_the_plain_step_it_declines
 
     inner = PricedDrafter(prompt_seconds=5.0)
     gate = AdaptiveDrafter(inner)
-    gate.begin([1, 2, 3], max_tokens=30)  # a 5 s prefill is 17 % of 30 plain steps: declined
-    for _ in range(30):
-        tree = gate.propose([1, 2, 3], 8)
-        assert adaptive.arm_of(tree) == "plain"
-        clock[0] += 1.0
-        gate.observe(SimpleNamespace(tokens=(0,)))
+    # a 5 s prefill is 17 % of 30 plain steps: declined
+    chosen = run(gate, 30, lambda arm: (1.0, 1), monkeypatch, max_tokens=30, clock=clock)
+    assert set(chosen) == {"plain"}
     assert gate.arms["plain"].rate == pytest.approx(1.0) and inner.prompt_prefills == 0
 
 
