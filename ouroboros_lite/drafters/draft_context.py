@@ -28,6 +28,14 @@ class DraftContext:
         self.forwards = self.tokens = 0  # draft forwards of this generation and the tokens they processed
         self._prompt: list[int] = []  # the prompt but its last token; what the KV lacks of it is fed on first use
         self._prompt_seconds_per_token = 0.0
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Decode one token and forget it, as llama.cpp's tools do after loading: a context's first
+        decode pays its one-time set-up (and the weights' first touch), which would otherwise land
+        in the timing sample of `prompt_seconds_estimate`, inside a generation."""
+        self.verifier.prefill([0], 0)
+        self.verifier.reset()
 
     @property
     def n_ctx(self) -> int:
@@ -48,12 +56,11 @@ class DraftContext:
 
     def prompt_seconds_estimate(self) -> float:
         """What `prefill_prompt` would cost now, at the rate its last prefill ran. Before any was
-        timed, two samples of `PREFILL_SAMPLE` tokens it lacks are prefilled now and the second is
-        timed: a context's first decode also pays its one-time set-up. They are what the prefill
-        would feed first, so nothing is decoded twice."""
+        timed, a sample of `PREFILL_SAMPLE` tokens it lacks is prefilled now and timed (the context's
+        set-up was paid at load, `_warm_up`). It is what the prefill would feed first, so nothing is
+        decoded twice. On the Qwen pair, 2 cores, a sample cost 0.21-0.23 s, and a second one after a
+        cold first (what this did before the warm-up) as much again; the warm-up costs ~40 ms at load."""
         if not self._prompt_seconds_per_token:
-            self.prefill_prompt(limit=PREFILL_SAMPLE)  # pays the context's set-up
-            self._prompt_seconds_per_token = 0.0  # so a prompt with nothing left to sample reads 0
             self.prefill_prompt(limit=PREFILL_SAMPLE)
         return max(0, len(self._prompt) - self.n_cached) * self._prompt_seconds_per_token
 
