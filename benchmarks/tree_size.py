@@ -12,7 +12,11 @@ import sys, statistics, json
 from ouroboros_lite.bench import shipped_prompts, load_prompts, run_method, PROMPT_SETS
 from ouroboros_lite.runtime import Runtime, RuntimeOptions
 from ouroboros_lite.drafters.ouroboros import OuroborosParams
-pset, limit, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+args = [a for a in sys.argv[1:] if a != "--curve"]
+if len(args) != 4 or args[0] not in PROMPT_SETS or not args[1].isdigit() \
+        or not all(n.isdigit() and int(n) > 0 for n in args[3].split(",")):
+    sys.exit(f"usage: python benchmarks/tree_size.py {{{','.join(PROMPT_SETS)}}} LIMIT OUT.json N1,N2,... [--curve]")
+pset, limit, out = args[0], int(args[1]), args[2]
 if "--curve" in sys.argv:
     from ouroboros_lite.costs import measure_points
     from ouroboros_lite.tune import MEASURE_PROMPT
@@ -21,7 +25,7 @@ if "--curve" in sys.argv:
                                 sizes=(*range(1, 10), 12, 16), repeats=7)
     for k, p in points.items():
         print(f"target k={k:2d} {p.median * 1e3:7.1f} ms {p.median / points[1].median:5.2f} steps, spread {p.spread:.0%}")
-settings = [int(x) for x in sys.argv[4].split(",")]
+settings = [int(x) for x in args[3].split(",")]
 prompts = load_prompts(shipped_prompts(pset), limit); chat = PROMPT_SETS[pset][1]
 tgt, drf = "qwen2.5-coder-1.5b-instruct-q4_k_m", "qwen2.5-coder-0.5b-instruct-q4_k_m"
 rts = {n: Runtime(tgt, drf, method="ar", options=RuntimeOptions(threads=2, ouroboros=OuroborosParams(max_target_nodes=n))) for n in settings}
