@@ -17,17 +17,17 @@ if len(args) != 4 or args[0] not in PROMPT_SETS or not args[1].isdigit() \
         or not all(n.isdigit() and int(n) > 0 for n in args[3].split(",")):
     sys.exit(f"usage: python benchmarks/tree_size.py {{{','.join(PROMPT_SETS)}}} LIMIT OUT.json N1,N2,... [--curve]")
 pset, limit, out = args[0], int(args[1]), args[2]
+tgt, drf = "qwen2.5-coder-1.5b-instruct-q4_k_m", "qwen2.5-coder-0.5b-instruct-q4_k_m"
 if "--curve" in sys.argv:
     from ouroboros_lite.costs import measure_points
     from ouroboros_lite.tune import MEASURE_PROMPT
-    with Runtime("qwen2.5-coder-1.5b-instruct-q4_k_m", None, method="ar", options=RuntimeOptions(threads=2)) as rt:
+    with Runtime(tgt, None, method="ar", options=RuntimeOptions(threads=2)) as rt:
         points = measure_points(rt.verifier, rt.tokenize_prompt(MEASURE_PROMPT, chat=True),
                                 sizes=(*range(1, 10), 12, 16), repeats=7)
     for k, p in points.items():
         print(f"target k={k:2d} {p.median * 1e3:7.1f} ms {p.median / points[1].median:5.2f} steps, spread {p.spread:.0%}")
 settings = [int(x) for x in args[3].split(",")]
 prompts = load_prompts(shipped_prompts(pset), limit); chat = PROMPT_SETS[pset][1]
-tgt, drf = "qwen2.5-coder-1.5b-instruct-q4_k_m", "qwen2.5-coder-0.5b-instruct-q4_k_m"
 rts = {n: Runtime(tgt, drf, method="ar", options=RuntimeOptions(threads=2, ouroboros=OuroborosParams(max_target_nodes=n))) for n in settings}
 base = rts[settings[0]]
 enc = [base.tokenize_prompt(p, chat=chat) for _, p in prompts]
@@ -41,7 +41,7 @@ for i, tok in enumerate(enc):
         g, l = run_method(rts[n], tok, "ouroboros", 128)
         row[n] = (len(g) / l.generation_seconds) / ar
         row[f"same{n}"] = g == g0
-        row[f"fwd{n}"] = len(g) / max(1, l.spec.target_forwards) if hasattr(l.spec, "target_forwards") else None
+        row[f"fwd{n}"] = len(g) / max(1, l.spec.target_forwards)
     rows.append(row)
     print(i, row["cat"][:10], len(tok), len(g0), f"ar {ar:.2f}", " ".join(f"n{n} {row[n]:.2f}x{'' if row[f'same{n}'] else '*'}" for n in settings), flush=True)
 json.dump(rows, open(out, "w"))
