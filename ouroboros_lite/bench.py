@@ -114,10 +114,13 @@ class MethodResult:
         """Per prompt, the median tok/s of its repeats."""
         return {prompt: statistics.median(runs) for prompt, runs in self.runs.items()}
 
-    def speedups(self, base: MethodResult) -> list[float]:
-        """Per prompt, this method's median tok/s over the base method's (ar's)."""
+    def prompt_speedups(self, base: MethodResult) -> dict[int, float]:
+        """Prompt index -> this method's median tok/s over the base method's (ar's)."""
         mine, theirs = self.prompt_tps(), base.prompt_tps()
-        return [mine[p] / theirs[p] for p in mine if theirs.get(p)]
+        return {p: mine[p] / theirs[p] for p in mine if theirs.get(p)}
+
+    def speedups(self, base: MethodResult) -> list[float]:
+        return list(self.prompt_speedups(base).values())
 
     def repeat_spread(self) -> float:
         """The largest (max - min) / median of one prompt's repeats: how noisy the machine was."""
@@ -293,6 +296,7 @@ def cmd_bench(args) -> int:
     for temperature, table in all_totals.items():
         print(f"\n[all]{temperature_label(temperature)}")
         print_table(table, temperature)
+        print_extremes(table, [category for category, _ in prompts])
         for r in table.values():  # the evidence for every NO: where the text left ar's and how the target scores it
             for index in r.real_mismatches if has_exact_flag(r.method, temperature) else ():
                 print(f"{r.method} prompt {index}: {r.divergences[index]}")
@@ -351,6 +355,16 @@ def print_table(results: dict[str, MethodResult], temperature: float = 0.0) -> N
               f"{r.spec.tokens_per_forward:8.2f} {r.draft_forwards_per_token:12.2f} {r.spec.accepted_from_pool:8d}  {exact}")
 
 
+def print_extremes(results: dict[str, MethodResult], categories: list[str]) -> None:
+    """Which prompt (counted from 0, as the exact column counts) gave each method its lowest and highest speed-up."""
+    for r in results.values():
+        per_prompt = r.prompt_speedups(results["ar"]) if r.method != "ar" else {}
+        if per_prompt:
+            low, high = min(per_prompt, key=per_prompt.get), max(per_prompt, key=per_prompt.get)
+            print(f"{r.method}: slowest prompt {low} [{categories[low]}] {per_prompt[low]:.2f}x, "
+                  f"fastest prompt {high} [{categories[high]}] {per_prompt[high]:.2f}x")
+
+
 def projected_tps(r: MethodResult, profile: CostProfile) -> float:
     """Tokens over the time the same forwards would take with the profile's step times."""
     spec, seconds = r.spec, 0.0
@@ -377,9 +391,12 @@ def write_json(path, prompts, max_tokens, all_totals, per_category, profile, run
         base = table.get("ar")
         out = []
         for r in table.values():
-            per_prompt = r.speedups(base) if base else []
+            by_prompt = r.prompt_speedups(base) if base else {}
+            per_prompt = list(by_prompt.values())
             out.append({**r.summary(), "median_speedup": statistics.median(per_prompt) if per_prompt else None,
-                        "speedup_range": [min(per_prompt), max(per_prompt)] if per_prompt else None})
+                        "speedup_range": [min(per_prompt), max(per_prompt)] if per_prompt else None,
+                        "slowest_prompt": min(by_prompt, key=by_prompt.get) if by_prompt else None,
+                        "fastest_prompt": max(by_prompt, key=by_prompt.get) if by_prompt else None})
         return out
 
     temperatures = list(all_totals)

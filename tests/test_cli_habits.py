@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -74,6 +75,14 @@ def test_bench_repeat_reports_medians_and_spreads(draft_path, tmp_path):
         assert all(len(runs) == 2 for runs in row["runs"].values()) and len(row["runs"]) == 2
         low, high = row["speedup_range"]
         assert low <= row["median_speedup"] <= high
+        ratio = {p: statistics.median(runs) / statistics.median(data["all"][0]["runs"][p])
+                 for p, runs in row["runs"].items()}
+        assert ratio[str(row["slowest_prompt"])] == pytest.approx(low)
+        assert ratio[str(row["fastest_prompt"])] == pytest.approx(high)
+    pld = data["all"][1]
+    assert re.search(rf"^pld: slowest prompt {pld['slowest_prompt']} \[\w+\] {pld['speedup_range'][0]:.2f}x, "
+                     rf"fastest prompt {pld['fastest_prompt']} \[\w+\] {pld['speedup_range'][1]:.2f}x$",
+                     done.stdout, re.M), done.stdout
     assert data["all"][0]["median_speedup"] == 1.0  # ar over itself
 
 
