@@ -355,12 +355,19 @@ def print_table(results: dict[str, MethodResult], temperature: float = 0.0) -> N
               f"{r.spec.tokens_per_forward:8.2f} {r.draft_forwards_per_token:12.2f} {r.spec.accepted_from_pool:8d}  {exact}")
 
 
+def extreme_prompts(by_prompt: dict[int, float]) -> tuple[int | None, int | None]:
+    """The prompts (counted from 0, as the exact column counts) with the lowest and the highest speed-up."""
+    if not by_prompt:
+        return None, None
+    return min(by_prompt, key=by_prompt.get), max(by_prompt, key=by_prompt.get)
+
+
 def print_extremes(results: dict[str, MethodResult], categories: list[str]) -> None:
-    """Which prompt (counted from 0, as the exact column counts) gave each method its lowest and highest speed-up."""
+    """Which prompt gave each method its lowest and highest speed-up."""
     for r in results.values():
         per_prompt = r.prompt_speedups(results["ar"]) if r.method != "ar" else {}
-        if per_prompt:
-            low, high = min(per_prompt, key=per_prompt.get), max(per_prompt, key=per_prompt.get)
+        low, high = extreme_prompts(per_prompt)
+        if low is not None:
             print(f"{r.method}: slowest prompt {low} [{categories[low]}] {per_prompt[low]:.2f}x, "
                   f"fastest prompt {high} [{categories[high]}] {per_prompt[high]:.2f}x")
 
@@ -393,10 +400,10 @@ def write_json(path, prompts, max_tokens, all_totals, per_category, profile, run
         for r in table.values():
             by_prompt = r.prompt_speedups(base) if base else {}
             per_prompt = list(by_prompt.values())
+            slowest, fastest = extreme_prompts(by_prompt)
             out.append({**r.summary(), "median_speedup": statistics.median(per_prompt) if per_prompt else None,
                         "speedup_range": [min(per_prompt), max(per_prompt)] if per_prompt else None,
-                        "slowest_prompt": min(by_prompt, key=by_prompt.get) if by_prompt else None,
-                        "fastest_prompt": max(by_prompt, key=by_prompt.get) if by_prompt else None})
+                        "slowest_prompt": slowest, "fastest_prompt": fastest})
         return out
 
     temperatures = list(all_totals)
