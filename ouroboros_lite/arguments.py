@@ -82,6 +82,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repack-amx", dest="repack", action="store_const", const="amx",
                         help="on AMX CPUs: only the Q4_K matrix weights in ggml's AMX buffer (auto's choice where "
                              "this build's AMX kernels work)")
+    parser.add_argument("--no-tiled-mm", dest="tiled_matmul", action="store_const", const=False, default=None,
+                        help="turn ggml's tiled K-quant matmul (CPU batches of 8+ tokens) off: on a 2-core AVX2 "
+                             "EPYC trees of 8-11 tokens cost 0.84x, prompts ~10%% more (benchmarks/tiled_matmul.py)")
     parser.add_argument("--rpc", default=None, metavar="HOST:PORT[,...]",
                         help="run the target's layers on these ggml-rpc-server processes (llama.cpp's --rpc; "
                              "unauthenticated: loopback or a trusted network only)")
@@ -135,6 +138,7 @@ def runtime_options(args):
 
     kwargs = dict(n_ctx=args.ctx_size, gpu_layers=args.gpu_layers, draft_gpu_layers=args.draft_gpu_layers,
                   repack=getattr(args, "repack", None) or "auto",
+                  tiled_matmul=getattr(args, "tiled_matmul", None) is not False,
                   rpc=getattr(args, "rpc", None) or None, draft_rpc=getattr(args, "draft_rpc", None) or None,
                   flash_attn={"on": True, "off": False}.get(getattr(args, "flash_attn", None)))
     batch = getattr(args, "batch_size", None)

@@ -103,6 +103,27 @@ def amx_active(info: str) -> bool:
     return "AMX_INT8 = 1" in info
 
 
+TILED_MATMUL_ENV = "GGML_CPU_TILED_MM"  # ggml-cpu/tiled/tiled.cpp: "0" turns its tiled K-quant matmul off
+_models_loaded = False  # whether a Model of this process has loaded: ggml may have read TILED_MATMUL_ENV by then
+
+
+def apply_tiled_matmul(on: bool) -> None:
+    """ggml's tiled K-quant matrix product (x86 CPUs) takes every CPU batch of 8 or more tokens whose
+    weights are K-quants outside the repack buffers: on Qwen2.5-Coder-1.5B Q4_K_M that is the Q6_K
+    layers and the output layer. ggml reads its switch once per process, at its first matrix product,
+    so `on=False` must come before the process's first model load; True keeps what the environment
+    says (llama.cpp's default: on). Measured on a 2-core AVX2 EPYC (benchmarks/tiled_matmul.py): off,
+    verification forwards of 8-11 tokens were 0.84x as dear and prompts about 10 % slower."""
+    global _models_loaded
+    if not on and os.environ.get(TILED_MATMUL_ENV) != "0":
+        if _models_loaded:
+            raise OuroborosError("tiled_matmul = false must be chosen before this process loads its first model "
+                                 f"(ggml reads {TILED_MATMUL_ENV} once); set it at start-up or export "
+                                 f"{TILED_MATMUL_ENV}=0")
+        os.environ[TILED_MATMUL_ENV] = "0"
+    _models_loaded = True
+
+
 def cpu_weight_setting(info: str, repack: str = "auto") -> str:
     """What a repack setting ("auto", "on", "off", "avx2", "amx") loads weights as on this CPU and
     build (`info`: llama.cpp's system info): "on", "off", "avx2" or "amx".
@@ -228,10 +249,11 @@ class Model:
     """A GGUF model loaded by llama.cpp, with its tokenizer and chat template."""
 
     def __init__(self, path: str | os.PathLike, *, gpu_layers: int = 0, repack: str = "auto",
-                 rpc_servers: tuple[str, ...] = ()):
+                 rpc_servers: tuple[str, ...] = (), tiled_matmul: bool = True):
         """rpc_servers: ggml-rpc-server endpoints ("host:port") that hold the model's layers (all the
         repeating layers unless gpu_layers says how many; the output layer stays here), split by their
-        free memory as llama.cpp splits them."""
+        free memory as llama.cpp splits them. tiled_matmul: False turns ggml's tiled K-quant matmul off
+        for the process (apply_tiled_matmul)."""
         self.path = check_gguf_file(path)
         _ensure_backend()
         if gpu_layers != 0 and not rpc_servers and gpu_backend() is None:
@@ -252,6 +274,7 @@ class Model:
         params.use_extra_bufts = use_extra_buffers(info, repack)
         self._overrides = _set_cpu_overrides(params, self.path, info, repack)  # kept alive while llama.cpp loads
         _report_repack_choice(info, repack)
+        apply_tiled_matmul(tiled_matmul)
         _log_lines.clear()
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:

@@ -39,6 +39,7 @@ class RuntimeOptions:
     flash_attn: bool | None = None  # None: llama.cpp decides (on for CPU)
     kv_type: str = "f16"  # "f32" halves KV rounding noise for exactness checks, doubles its memory
     repack: str = "auto"  # CPU weight repacking: "auto", "on", "off", "avx2", "amx" (backend.cpu_weight_setting)
+    tiled_matmul: bool = True  # False: ggml's tiled K-quant matmul off for the process (backend.apply_tiled_matmul)
     # llama.cpp's --rpc: "host:port,..." of ggml-rpc-server processes holding the target's layers;
     # the draft stays local unless draft_rpc names servers for it (local is what makes speculation pay)
     rpc: str | None = None
@@ -138,7 +139,7 @@ class Models:
     def _load(self, target, draft, options: RuntimeOptions) -> None:
         self.options = options
         self.target = Model(resolve_model(target), gpu_layers=options.gpu_layers, repack=options.repack,
-                            rpc_servers=rpc.parse_servers(options.rpc))
+                            rpc_servers=rpc.parse_servers(options.rpc), tiled_matmul=options.tiled_matmul)
         if draft is None:
             local_models.remember(self.target)
             return
@@ -146,7 +147,7 @@ class Models:
         from .vocab import check_compatible
 
         self.draft = Model(resolve_model(draft), gpu_layers=options.draft_gpu_layers, repack=options.repack,
-                           rpc_servers=rpc.parse_servers(options.draft_rpc))
+                           rpc_servers=rpc.parse_servers(options.draft_rpc), tiled_matmul=options.tiled_matmul)
         try:
             check_compatible(self.target, self.draft)
         except VocabularyMismatchError:
@@ -319,7 +320,7 @@ class Session:
     def _gate_file(self, pool_path: Path) -> tuple[Path, str]:
         o = self.options
         key = (f"{self.method} threads={o.threads} gpu={o.gpu_layers},{o.draft_gpu_layers} repack={o.repack} "
-               f"rpc={bool(o.rpc)},{bool(o.draft_rpc)}")
+               f"rpc={bool(o.rpc)},{bool(o.draft_rpc)}" + ("" if o.tiled_matmul else " tiled=off"))
         return pool_path.with_name(pool_path.name + ".gate.json"), key
 
     def _load_gate(self, pool_path: Path) -> None:
