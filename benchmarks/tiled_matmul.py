@@ -21,6 +21,8 @@ import statistics
 import subprocess
 import sys
 
+from draft_limits import print_curve  # benchmarks/ is this script's path
+
 SIZES = (1, 2, 4, 7, 8, 9, 12, 16)
 
 
@@ -69,12 +71,11 @@ def main() -> None:
     assert runs["off"][0]["env"] == "0" and runs["on"][0]["env"] is None
     print(f"{args.model}, {args.threads} threads, {args.rounds} rounds x {args.repeats} repeats; prompts: "
           f"{args.prompts} x median {runs['on'][0]['prompt_tokens']:.0f} tokens, then {args.n} tokens of ar")
-    curves = {s: {k: statistics.median(r["curve"][str(k)] for r in rs) for k in SIZES} for s, rs in runs.items()}
+    curves = {s: {k: statistics.median(r["curve"][str(k)] for r in rs) * 1e3 for k in SIZES} for s, rs in runs.items()}
     print("one forward of k tokens with every row's logits, ms (median of the rounds' medians):")
-    print("   k      " + "".join(f"{k:7d}" for k in SIZES))
     for setting, curve in curves.items():
-        print(f"   {setting:4s} ms" + "".join(f"{curve[k] * 1e3:7.1f}" for k in SIZES))
-    print("   off / on" + "".join(f"{curves['off'][k] / curves['on'][k]:7.2f}" for k in SIZES))
+        print_curve(setting, curve)
+    print("   off / on      " + "".join(f"{curves['off'][k] / curves['on'][k]:7.2f}" for k in SIZES))
     for key, label in (("prompt_tps", "prompt tok/s"), ("generation_tps", "generation tok/s")):
         on, off = (statistics.median(r[key] for r in runs[s]) for s in ("on", "off"))
         print(f"{label:17s} on {on:6.1f}  off {off:6.1f}  off / on {off / on:.2f}")

@@ -84,7 +84,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                              "this build's AMX kernels work)")
     parser.add_argument("--no-tiled-mm", dest="tiled_matmul", action="store_const", const=False, default=None,
                         help="turn ggml's tiled K-quant matmul (CPU batches of 8+ tokens) off: on a 2-core AVX2 "
-                             "EPYC trees of 8-11 tokens cost 0.84x, prompts ~10%% more (benchmarks/tiled_matmul.py)")
+                             "EPYC trees of 8-9 tokens cost 0.79-0.83x, prompts run at 0.85x (benchmarks/tiled_matmul.py)")
     parser.add_argument("--rpc", default=None, metavar="HOST:PORT[,...]",
                         help="run the target's layers on these ggml-rpc-server processes (llama.cpp's --rpc; "
                              "unauthenticated: loopback or a trusted network only)")

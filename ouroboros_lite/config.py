@@ -74,7 +74,7 @@ SETTINGS: dict[str, Setting] = {
     "warm_pool": Setting(bool, True, "keep the phrase pool across runs"),
     "repack": Setting(str, "auto", "CPU weight repacking: auto (on; on AMX CPUs Q4_K weights in AMX, or off where its kernels crash), on, off, avx2 (CPU_REPACK without AMX), amx (Q4_K weights in AMX)"),
     "tiled_matmul": Setting(bool, True, "ggml's tiled K-quant matmul for CPU batches of 8+ tokens (false: trees of "
-                                        "8-16 tokens cheaper on AVX2 CPUs, prompts slower; fixed at a process's first model load)"),
+                                        "8-9 tokens cheaper on an AVX2 EPYC, prompts slower; fixed at a process's first model load)"),
     "rpc": Setting(str, None, "ggml-rpc-server HOST:PORT[,HOST:PORT...] that hold the target's layers (llama.cpp's --rpc)"),
     "draft_rpc": Setting(str, None, "ggml-rpc-server HOST:PORT[,...] for the draft (None = the draft runs here)"),
     "host": Setting(str, "127.0.0.1", "address `serve` listens on (loopback: this machine only)"),

@@ -31,7 +31,7 @@ with Runtime(sys.argv[1], options=options(tiled_matmul=False)) as gemma:
         accepted += responses[-1].spec.accepted_tokens
         assert_equal_or_tie(gemma, tokens, reference, [r.token for r in responses if r.token >= 0], prompt)
     assert accepted > 0, "pld never had a copied token accepted"
-with Runtime(sys.argv[1], options=options()) as again:  # the default afterwards: stays off, no error
+with Runtime(sys.argv[1], options=options()):  # the default afterwards: stays off, no error
     assert os.environ["GGML_CPU_TILED_MM"] == "0"
 print("ok")
 """
